@@ -1,0 +1,1 @@
+"""hybridlens models: the paper's CNN / BiLSTM / attention / transformer hybrids in PyTorch."""

@@ -1,0 +1,323 @@
+"""Synthetic regulatory-genomics tasks with known ground truth (method.md §3).
+
+Task 1 (Koo & Eddy 2019): multi-task TF binding. 12 JASPAR 2016 motifs, each with its reverse
+complement, 1–5 per sequence, 12-label multi-hot.
+
+Task 2 (Koo & Ploenzke 2021): a synthetic regulatory code. Positives carry 3–5 (or 3–7) motifs drawn
+from 5 core motifs (+RC); negatives draw from the core motifs plus 100 background motifs (+RC) of
+JASPAR 2016 CORE vertebrates that are not similar to any core motif (see
+:func:`select_background_motifs`).
+
+Both generators use one ``numpy.random.Generator`` seeded by the caller, so a seed reproduces the
+data bit for bit (for the pinned numpy).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import numpy as np
+
+from analysis.datasets import PLACEMENT_DTYPE, SPLITS, Dataset, Split
+from analysis.motifs import SIMULATION_RELEASE, Motif, fetch_collection, fetch_motifs, reverse_complement
+
+GENERATOR_VERSION = "hybridlens-simulate/1"
+SEQ_LEN = 200
+SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+
+#: Task 1's ground-truth motifs, in label order (method.md §3.1).
+TASK1_MOTIFS: dict[str, str] = {
+    "Arid3a": "MA0151.1",
+    "CEBPB": "MA0466.2",
+    "FOSL1": "MA0477.1",
+    "Gabpa": "MA0062.2",
+    "MAFK": "MA0496.1",
+    "MAX": "MA0058.3",
+    "MEF2A": "MA0052.3",
+    "NFYB": "MA0502.1",
+    "SP1": "MA0079.3",
+    "SRF": "MA0083.3",
+    "STAT1": "MA0137.3",
+    "YY1": "MA0095.2",
+}
+#: Task 2's core motifs (method.md §3.2).
+TASK2_CORE_MOTIFS: dict[str, str] = {
+    "SP1": "MA0079.3",
+    "Gabpa": "MA0062.2",
+    "CEBPB": "MA0466.2",
+    "MAX": "MA0058.3",
+    "YY1": "MA0095.2",
+}
+#: Probabilities of 1, 2, 3, 4, 5 motifs per sequence (Task 1), and of 3..7 (Task 2's code).
+COUNT_PROBS = (0.50, 0.25, 0.17, 0.05, 0.03)
+TASK1_DEFAULT_NUM_SEQS = 25_000
+TASK2_DEFAULT_NUM_SEQS = 20_000  # 10,000 positive + 10,000 negative
+TASK2_NUM_BACKGROUND = 100
+#: Similarity rule for Task 2's background pool: best mean column Pearson correlation over all
+#: ungapped alignments (both strands) with at least this many overlapping columns ...
+SIMILARITY_MIN_OVERLAP = 6
+#: ... at or above this value counts as similar to a core motif.
+SIMILARITY_THRESHOLD = 0.6
+#: The background pool is drawn from the non-similar motifs with this fixed seed, so it is the same
+#: list for every dataset seed (the released code used seed 22).
+BACKGROUND_SELECTION_SEED = 22
+
+ProgressFn = Callable[[int, int], None]
+
+
+def count_distribution(min_motifs: int, max_motifs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Values and probabilities of the number of motifs per sequence.
+
+    The published distribution (P = .50, .25, .17, .05, .03 over 5 consecutive counts) starting at
+    ``min_motifs``; a narrower range truncates it and renormalises (Task 2's paper range 3–5 gives
+    P = .543, .272, .185).
+    """
+    n = max_motifs - min_motifs + 1
+    if min_motifs < 1 or not 1 <= n <= len(COUNT_PROBS):
+        raise ValueError(f"motifs per sequence must span 1 to {len(COUNT_PROBS)} values from >= 1, got {min_motifs}-{max_motifs}")
+    p = np.array(COUNT_PROBS[:n], dtype=np.float64)
+    return np.arange(min_motifs, max_motifs + 1), p / p.sum()
+
+
+def _with_reverse_complements(motifs: Sequence[Motif]) -> list[np.ndarray]:
+    """Pool of PWMs: entry 2k is motif k, entry 2k+1 its reverse complement."""
+    pool: list[np.ndarray] = []
+    for m in motifs:
+        pool += [m.pwm, reverse_complement(m.pwm)]
+    return pool
+
+
+def _gaps(rng: np.random.Generator, n: int, total: int) -> np.ndarray:
+    """``n + 1`` non-negative integer gaps summing to ``total``: uniform draws rescaled and rounded,
+    redrawn until the rounded sum is exact (the published scheme)."""
+    while True:
+        sep = rng.uniform(0.0, 1.0, n + 1)
+        sep = np.rint(sep / sep.sum() * total).astype(np.int64)
+        if sep.sum() == total:
+            return sep
+
+
+def embed_motifs(
+    rng: np.random.Generator,
+    pools: Sequence[Sequence[int]],
+    pwms: Sequence[np.ndarray],
+    count_values: np.ndarray,
+    count_probs: np.ndarray,
+    *,
+    length: int = SEQ_LEN,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Build per-sequence generating models and sample sequences from them.
+
+    Parameters
+    ----------
+    pools
+        For each sequence, the indices into ``pwms`` it may draw motifs from (uniformly, with replacement).
+    pwms
+        ``(4, w)`` matrices; entry ``2k`` is motif ``k`` and ``2k+1`` its reverse complement.
+
+    Returns
+    -------
+    x : numpy.ndarray
+        ``(N, 4, length)`` float32 one-hot sequences.
+    model : numpy.ndarray
+        ``(N, 4, length)`` float32 generating PWM per sequence: uniform 0.25 outside motifs.
+    placements : numpy.ndarray
+        Structured array of PLACEMENT_DTYPE, one row per embedded motif, in sequence order.
+    """
+    n_seqs = len(pools)
+    widths = np.array([p.shape[1] for p in pwms])
+    model = np.full((n_seqs, 4, length), 0.25, dtype=np.float64)
+    counts = rng.choice(count_values, size=n_seqs, p=count_probs)
+    rows: list[tuple[int, int, int, int, int]] = []
+    step = max(1, n_seqs // 10)
+    for i in range(n_seqs):
+        pool = np.asarray(pools[i])
+        while True:
+            chosen = pool[rng.integers(0, len(pool), counts[i])]
+            if widths[chosen].sum() < length:
+                break
+        gaps = _gaps(rng, len(chosen), length - int(widths[chosen].sum()))
+        pos = 0
+        for k, idx in enumerate(chosen):
+            pos += int(gaps[k])
+            w = int(widths[idx])
+            model[i, :, pos : pos + w] = pwms[idx]
+            rows.append((i, int(idx) // 2, pos, w, 1 if idx % 2 == 0 else -1))
+            pos += w
+        if progress and ((i + 1) % step == 0 or i + 1 == n_seqs):
+            progress(i + 1, n_seqs)
+    x = sample_sequences(rng, model)
+    placements = np.array(rows, dtype=PLACEMENT_DTYPE)
+    return x, model.astype(np.float32), placements
+
+
+def sample_sequences(rng: np.random.Generator, model: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+    """Sample one-hot sequences position-wise from ``(N, 4, L)`` models by inverse CDF."""
+    n, _, length = model.shape
+    x = np.zeros(model.shape, dtype=np.float32)
+    for s in range(0, n, chunk):
+        cdf = np.cumsum(model[s : s + chunk], axis=1)
+        u = rng.random((cdf.shape[0], 1, length))
+        idx = np.minimum((u > cdf).sum(axis=1), 3)  # (n, L)
+        np.put_along_axis(x[s : s + chunk], idx[:, None, :], 1.0, axis=1)
+    return x
+
+
+def split_indices(rng: np.random.Generator, n: int, fractions=SPLIT_FRACTIONS) -> dict[str, np.ndarray]:
+    """Shuffle ``range(n)`` and cut it 0.7 / 0.1 / 0.2 into train / valid / test."""
+    perm = rng.permutation(n)
+    n_train = int(round(n * fractions[0]))
+    n_valid = int(round(n * fractions[1]))
+    return {"train": perm[:n_train], "valid": perm[n_train : n_train + n_valid], "test": perm[n_train + n_valid :]}
+
+
+def _assemble(
+    x: np.ndarray, y: np.ndarray, model: np.ndarray, placements: np.ndarray, idx: dict[str, np.ndarray], attrs: dict
+) -> Dataset:
+    splits = {}
+    for s in SPLITS:
+        order = idx[s]
+        # Re-index placements to the split's sequence order.
+        new_pos = np.full(x.shape[0], -1, dtype=np.int64)
+        new_pos[order] = np.arange(len(order))
+        p = placements[new_pos[placements["seq"]] >= 0].copy()
+        p["seq"] = new_pos[p["seq"]]
+        p = p[np.lexsort((p["start"], p["seq"]))]
+        splits[s] = Split(x[order], y[order], model[order], p)
+    return Dataset(splits["train"], splits["valid"], splits["test"], attrs=attrs)
+
+
+def simulate_task1(
+    *, num_seqs: int = TASK1_DEFAULT_NUM_SEQS, seed: int = 33, progress: ProgressFn | None = None
+) -> Dataset:
+    """Task 1: 12 TF motifs (+RC), 1–5 per sequence, 12-label multi-hot (method.md §3.1)."""
+    if num_seqs < 10:
+        raise ValueError(f"--num-seqs must be at least 10 (a split needs sequences), got {num_seqs}")
+    motifs = fetch_motifs(TASK1_MOTIFS.values(), SIMULATION_RELEASE)
+    pwms = _with_reverse_complements(motifs)
+    rng = np.random.default_rng(seed)
+    values, probs = count_distribution(1, 5)
+    all_idx = np.arange(len(pwms))
+    x, model, plc = embed_motifs(rng, [all_idx] * num_seqs, pwms, values, probs, progress=progress)
+    y = np.zeros((num_seqs, len(motifs)), dtype=np.float32)
+    y[plc["seq"], plc["motif"]] = 1.0
+    attrs = _attrs("task1", seed, motifs, num_seqs)
+    return _assemble(x, y, model, plc, split_indices(rng, num_seqs), attrs)
+
+
+def _best_mean_correlation(a: np.ndarray, b: np.ndarray, min_overlap: int) -> float:
+    """Best mean column Pearson correlation of ``a`` against ``b`` or its reverse complement, over
+    all ungapped alignments with at least ``min(min_overlap, width)`` overlapping columns."""
+
+    def z(p):
+        c = p - p.mean(axis=0, keepdims=True)
+        return c / np.maximum(np.linalg.norm(c, axis=0, keepdims=True), 1e-12)
+
+    za = z(a)
+    best = -1.0
+    for bb in (b, reverse_complement(b)):
+        r = za.T @ z(bb)  # (La, Lb) column correlations
+        la, lb = r.shape
+        need = min(min_overlap, la, lb)
+        for off in range(-(lb - 1), la):
+            d = np.diagonal(r, offset=-off)
+            if d.size >= need:
+                best = max(best, float(d.mean()))
+    return best
+
+
+@functools.lru_cache(maxsize=4)
+def select_background_motifs(
+    num: int = TASK2_NUM_BACKGROUND,
+    *,
+    release: str = SIMULATION_RELEASE,
+    threshold: float = SIMILARITY_THRESHOLD,
+    min_overlap: int = SIMILARITY_MIN_OVERLAP,
+    seed: int = BACKGROUND_SELECTION_SEED,
+) -> tuple[Motif, ...]:
+    """Task 2's background pool: ``num`` JASPAR CORE vertebrate motifs not similar to any core motif.
+
+    A candidate is excluded when its TF name is a core TF's name, or when its best mean column
+    Pearson correlation with any core motif (either strand, at least ``min_overlap`` columns) is
+    ``>= threshold``. The ``num`` motifs are the first of the remaining candidates in a permutation
+    drawn with ``seed``, so the list is fixed for a release whatever the dataset seed.
+    """
+    core = fetch_motifs(TASK2_CORE_MOTIFS.values(), release)
+    core_names = {m.name.upper() for m in core}
+    candidates = [
+        m
+        for m in fetch_collection(release, tax_group=["vertebrates"])
+        if m.id not in {c.id for c in core} and m.name.upper() not in core_names
+    ]
+    kept = [
+        m
+        for m in candidates
+        if max(_best_mean_correlation(c.pwm, m.pwm, min_overlap) for c in core) < threshold
+    ]
+    if len(kept) < num:
+        raise ValueError(f"only {len(kept)} background motifs pass the similarity rule; asked for {num}")
+    order = np.random.default_rng(seed).permutation(len(kept))
+    return tuple(kept[i] for i in order[:num])
+
+
+def simulate_task2(
+    *,
+    num_seqs: int = TASK2_DEFAULT_NUM_SEQS,
+    seed: int = 22,
+    max_motifs: int = 5,
+    progress: ProgressFn | None = None,
+) -> Dataset:
+    """Task 2: positives from 5 core motifs (+RC), negatives from core + 100 background motifs (+RC),
+    3–5 motifs per sequence (``max_motifs=7`` for the code's 3–7), half of ``num_seqs`` per class."""
+    if num_seqs < 10 or num_seqs % 2:
+        raise ValueError(f"--num-seqs must be an even number >= 10 (half per class), got {num_seqs}")
+    if max_motifs not in (5, 7):
+        raise ValueError(f"--max-motifs must be 5 (the paper's 3-5) or 7 (the code's 3-7), got {max_motifs}")
+    core = fetch_motifs(TASK2_CORE_MOTIFS.values(), SIMULATION_RELEASE)
+    background = list(select_background_motifs())
+    motifs = core + background
+    pwms = _with_reverse_complements(motifs)
+    rng = np.random.default_rng(seed)
+    values, probs = count_distribution(3, max_motifs)
+    half = num_seqs // 2
+    pos_pool = np.arange(2 * len(core))
+    neg_pool = np.arange(len(pwms))
+    pools = [pos_pool] * half + [neg_pool] * half
+    x, model, plc = embed_motifs(rng, pools, pwms, values, probs, progress=progress)
+    y = np.zeros((num_seqs, 1), dtype=np.float32)
+    y[:half] = 1.0
+    attrs = _attrs("task2", seed, motifs, num_seqs)
+    attrs.update(
+        core_motif_ids=[m.id for m in core],
+        background_motif_ids=[m.id for m in background],
+        motifs_per_sequence=f"3-{max_motifs}",
+        similarity_rule=(
+            f"excluded: core TF names, and best mean column Pearson r >= {SIMILARITY_THRESHOLD} with a core motif "
+            f"(either strand, overlap >= {SIMILARITY_MIN_OVERLAP}); chosen with seed {BACKGROUND_SELECTION_SEED}"
+        ),
+    )
+    return _assemble(x, y, model, plc, split_indices(rng, num_seqs), attrs)
+
+
+def _attrs(task: str, seed: int, motifs: Sequence[Motif], num_seqs: int) -> dict:
+    return {
+        "task": task,
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "num_seqs": int(num_seqs),
+        "jaspar_release": SIMULATION_RELEASE,
+        "motif_ids": [m.id for m in motifs],
+        "motif_names": [m.name for m in motifs],
+    }
+
+
+TASKS: dict[str, Callable[..., Dataset]] = {"task1": simulate_task1, "task2": simulate_task2}
+
+
+def simulate(task: str, **kwargs) -> Dataset:
+    """Generate ``task`` (``"task1"`` or ``"task2"``) with the generator's keyword arguments."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[task](**kwargs)
