@@ -1,0 +1,224 @@
+"""The training recipe (method.md §2 with SPEC's decisions), as a resumable epoch-by-epoch trainer.
+
+Adam (lr 1e-3, Keras' epsilon 1e-7), batch 100, binary cross-entropy on logits, ReduceLROnPlateau
+(factor 0.2, patience 4, min_lr 1e-7, Keras' min_delta 1e-4) and early stopping (patience 10, always
+restore the best epoch's weights) on one validation metric.
+
+The whole dataset lives on the trial's device as tensors; batches are index slices of a per-epoch
+permutation. Inside the step loop nothing is copied to the host: the loss and the training logits are
+accumulated on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from analysis.classification import classification_metrics
+from analysis.datasets import Dataset
+
+MONITORS = ("val_auroc", "val_aupr", "val_loss")
+
+
+@dataclass
+class TrainConfig:
+    """Training hyperparameters; every field is logged as an MLflow param."""
+
+    epochs: int = 100
+    batch_size: int = 100
+    lr: float = 1e-3
+    adam_eps: float = 1e-7
+    monitor: str = "val_aupr"  # Task 1 default (paper); Task 2 uses val_auroc
+    plateau_factor: float = 0.2
+    plateau_patience: int = 4
+    min_lr: float = 1e-7
+    plateau_min_delta: float = 1e-4
+    early_stopping_patience: int | None = 10  # None: off
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise ValueError(f"unknown monitor {self.monitor!r}; choose one of {', '.join(MONITORS)}")
+        for k in ("epochs", "batch_size"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.monitor.endswith("loss") else "max"
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class TensorData:
+    """A dataset's splits as float32 tensors on one device: ``x`` ``(N, 4, L)``, ``y`` ``(N, T)``."""
+
+    def __init__(self, dataset: Dataset, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for s in ("train", "valid", "test"):
+            sp = dataset.split(s)
+            self.splits[s] = (
+                torch.as_tensor(sp.x, dtype=torch.float32).to(self.device),
+                torch.as_tensor(sp.y, dtype=torch.float32).to(self.device),
+            )
+        self.num_outputs = dataset.num_outputs
+
+
+class Trainer:
+    """Train ``model`` on ``data`` epoch by epoch; :meth:`state_dict` captures everything needed to
+    resume bit for bit on CPU (weights, optimizer, scheduler, best weights, counters, RNG states)."""
+
+    def __init__(self, model: nn.Module, data: TensorData, config: TrainConfig):
+        self.model = model.to(data.device)
+        self.data, self.config = data, config
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer,
+            mode=config.mode,
+            factor=config.plateau_factor,
+            patience=config.plateau_patience,
+            min_lr=config.min_lr,
+            threshold=config.plateau_min_delta,
+            threshold_mode="abs",
+        )
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.epoch = 0
+        self.best_value: float | None = None
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+        self.stopped_early = False
+
+    # ------------------------------------------------------------------------------------- epochs
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def done(self) -> bool:
+        return self.stopped_early or self.epoch >= self.config.epochs
+
+    def _train_epoch(self) -> dict[str, float]:
+        x, y = self.data.splits["train"]
+        n = x.shape[0]
+        bs = self.config.batch_size
+        self.model.train()
+        perm = torch.randperm(n, generator=self.generator).to(x.device)
+        total = torch.zeros((), device=x.device)
+        logits_all = torch.empty_like(y)
+        for start in range(0, n, bs):
+            idx = perm[start : start + bs]
+            logits = self.model(x[idx])
+            loss = self.loss_fn(logits, y[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach() * idx.numel()
+            logits_all[idx] = logits.detach()
+        train_loss = float(total) / n  # the epoch's one host sync for the loss
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss is {train_loss} at epoch {self.epoch + 1}")
+        m = classification_metrics(y.cpu().numpy(), logits_all.cpu().numpy())
+        return {"train_loss": train_loss, "train_auroc": m["auroc"], "train_aupr": m["aupr"]}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Logits ``(N, T)`` in eval mode."""
+        self.model.eval()
+        return torch.cat([self.model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Loss, AUROC and AUPR on ``split`` in eval mode."""
+        x, y = self.data.splits[split]
+        logits = self.predict(x)
+        loss = float(self.loss_fn(logits, y))
+        m = classification_metrics(y.cpu().numpy(), logits.cpu().numpy())
+        return {"loss": loss, "auroc": m["auroc"], "aupr": m["aupr"]}
+
+    def _improved(self, value: float) -> bool:
+        if self.best_value is None or not math.isfinite(self.best_value):
+            return math.isfinite(value)
+        return value < self.best_value if self.config.mode == "min" else value > self.best_value
+
+    def step(self) -> dict[str, float]:
+        """Train one epoch, validate, update the LR schedule and early stopping.
+
+        Returns the epoch's metrics: ``epoch``, ``train_*``, ``val_*``, ``lr`` (the rate used in this
+        epoch) and ``best_epoch``. Raises :class:`Diverged` on a NaN/inf training loss.
+        """
+        lr = self.lr
+        metrics: dict[str, float] = self._train_epoch()
+        self.epoch += 1
+        metrics.update({f"val_{k}": v for k, v in self.evaluate("valid").items()})
+        value = metrics[self.config.monitor]
+        if self._improved(value):
+            self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.bad_epochs += 1
+            patience = self.config.early_stopping_patience
+            if patience is not None and self.bad_epochs >= patience:
+                self.stopped_early = True
+        self.scheduler.step(value if math.isfinite(value) else (0.0 if self.config.mode == "max" else math.inf))
+        metrics.update(epoch=self.epoch, lr=lr, best_epoch=self.best_epoch)
+        return metrics
+
+    def restore_best(self) -> None:
+        """Load the best epoch's weights (SPEC: always, whether or not early stopping fired)."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    def fit(self, callback=None) -> list[dict[str, float]]:
+        """Run :meth:`step` until done, then restore the best weights; ``callback(metrics)`` per epoch."""
+        history = []
+        while not self.done:
+            m = self.step()
+            history.append(m)
+            if callback:
+                callback(m)
+        self.restore_best()
+        return history
+
+    # -------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "stopped_early": self.stopped_early,
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        for k in ("epoch", "best_value", "best_epoch", "best_state", "bad_epochs", "stopped_early"):
+            setattr(self, k, state[k])

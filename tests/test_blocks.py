@@ -1,0 +1,52 @@
+"""Blocks against independent implementations."""
+
+import torch
+
+from models.blocks import BiLSTM, MultiHeadAttention, TransformerBlock
+
+
+def test_attention_equals_torch_multihead_attention():
+    torch.manual_seed(0)
+    ours = MultiHeadAttention(16, 16, heads=4)
+    ref = torch.nn.MultiheadAttention(16, 4, bias=True, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([ours.wq.weight, ours.wk.weight, ours.wv.weight]))
+        ref.in_proj_bias.copy_(torch.cat([ours.wq.bias, ours.wk.bias, ours.wv.bias]))
+        ref.out_proj.weight.copy_(ours.out.weight)
+        ref.out_proj.bias.copy_(ours.out.bias)
+    x = torch.randn(3, 8, 16)
+    out, w = ours(x, return_weights=True)
+    ref_out, ref_w = ref(x, x, x, average_attn_weights=False)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w, ref_w, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_projects_to_d_model():
+    att = MultiHeadAttention(32, 128, heads=8)
+    assert att(torch.randn(2, 8, 32)).shape == (2, 8, 128)
+
+
+def test_transformer_block_is_post_ln():
+    torch.manual_seed(0)
+    blk = TransformerBlock(16, heads=4, ffn_units=32).eval()
+    x = torch.randn(2, 8, 16)
+    h = blk.norm1(x + blk.attention(x))
+    expected = blk.norm2(h + blk.ffn[3](torch.relu(blk.ffn[0](h))))
+    torch.testing.assert_close(blk(x), expected)
+    assert blk.ffn[0].out_features == 32  # the reference's hard-coded FFN width
+    assert blk.norm1.eps == 1e-6
+
+
+def test_bilstm_concatenates_directions_in_forward_time():
+    torch.manual_seed(0)
+    m = BiLSTM(4, 3)
+    x = torch.randn(2, 5, 4)
+    out = m(x)
+    assert out.shape == (2, 5, 6)
+    # The backward half at position t only depends on inputs t..end: changing x[:, 0] leaves
+    # the backward half of positions 1.. unchanged.
+    x2 = x.clone()
+    x2[:, 0] += 1.0
+    out2 = m(x2)
+    torch.testing.assert_close(out[:, 1:, 3:], out2[:, 1:, 3:])
+    assert not torch.allclose(out[:, 1:, :3], out2[:, 1:, :3])
