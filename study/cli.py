@@ -86,10 +86,95 @@ def data_task2(
     _write_data("task2", out, force, seed=seed, num_seqs=num_seqs, max_motifs=max_motifs)
 
 
+WORKDIR_HELP = "Working directory: MLflow store (mlflow.db), artifacts, Ray state, data."
+
+
+@app.command("study")
+def study_cmd(
+    config: Path = typer.Argument(..., help="Study YAML (see configs/)."),
+    workdir: Path = typer.Option(Path("hybridlens-work"), "--workdir", help=WORKDIR_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Existing Ray cluster (HOST:PORT or auto); default: a local Ray."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (http://HOST:PORT); default: sqlite in the workdir."),
+    storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Ray Tune storage (shared by all nodes of a cluster); default: WORKDIR/ray."),
+    smoke_test: bool = typer.Option(False, "--smoke-test", help="Shrink the same study: 2 architectures, 1 seed, 2 epochs, 600 sequences."),
+) -> None:
+    """Run a grid study: data (if missing), the Ray Tune grid, MLflow tracking."""
+    from study.runner import run_study
+
+    summary = run_study(
+        config,
+        workdir=workdir,
+        ray_address=ray_address,
+        tracking_uri=tracking_uri,
+        storage_path=storage_path,
+        smoke_test=smoke_test,
+        echo=echo,
+    )
+    if not summary["complete"]:
+        raise typer.Exit(3)
+
+
+@app.command("resume")
+def resume_cmd(
+    workdir: Path = typer.Argument(..., help="The interrupted study's working directory."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name, when the workdir holds several."),
+) -> None:
+    """Resume an interrupted study: only unfinished trials run, from their checkpoints."""
+    from study.runner import resume_study
+
+    if not resume_study(workdir, study, echo=echo)["complete"]:
+        raise typer.Exit(3)
+
+
+@app.command("reconcile")
+def reconcile_cmd(
+    workdir: Path = typer.Option(Path("hybridlens-work"), "--workdir", help=WORKDIR_HELP),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name, when the workdir holds several."),
+) -> None:
+    """Mark runs left RUNNING by a killed (SIGKILL) study driver as KILLED."""
+    from study.runner import reconcile
+
+    reconcile(workdir, study, echo=echo)
+
+
+@app.command("runs")
+def runs_cmd(
+    workdir: Path = typer.Option(Path("hybridlens-work"), "--workdir", help=WORKDIR_HELP),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name, when the workdir holds several."),
+) -> None:
+    """Print a table of the study's trials (latest launch) and their statuses."""
+    from study.runner import load_launch
+    from study.tracking import runs_table
+
+    launch = load_launch(workdir, study)
+    typer.echo(runs_table(launch.tracking_uri, launch.experiment_id, launch.parent_run_id))
+
+
+@app.command("ui")
+def ui_cmd(
+    workdir: Path = typer.Option(Path("hybridlens-work"), "--workdir", help=WORKDIR_HELP),
+    port: int = typer.Option(5000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 127.0.0.1 keeps the UI on this machine."),
+) -> None:
+    """Start the MLflow UI on the workdir's store."""
+    import os
+    import shutil
+
+    db = workdir / "mlflow.db"
+    if not db.is_file():
+        raise FileNotFoundError(f"{db} does not exist; run a study with --workdir {workdir} first")
+    exe = shutil.which("mlflow") or "mlflow"
+    uri = f"sqlite:///{db.resolve()}"
+    echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl+C stops it")
+    os.execvp(exe, [exe, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: run the app and turn user errors into one line and an exit code."""
     try:
-        app(args=argv, prog_name="hybridlens", standalone_mode=False)
+        rv = app(args=argv, prog_name="hybridlens", standalone_mode=False)
+        if isinstance(rv, int) and rv:  # typer.Exit(code) returns its code without standalone mode
+            sys.exit(rv)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except click_exceptions.NoArgsIsHelpError as e:

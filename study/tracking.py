@@ -1,0 +1,180 @@
+"""MLflow tracking: the layout contract between study and analysis (SPEC.md "MLflow layout").
+
+- One experiment per study name; one parent run per study launch, created by the driver before Ray
+  starts (never concurrently from trials).
+- One child run per trial, tagged ``mlflow.parentRunId``, ``hybridlens.trial_id`` and
+  ``hybridlens.config_hash``; a retried or resumed trial finds its run by the trial-id tag and reuses
+  it.
+- Per epoch, one ``log_batch`` request; steps already logged (before a crash, say) are not logged
+  again, so a retried trial leaves no duplicate steps.
+- Statuses: FINISHED; FAILED on an exception (a diverged trial is FAILED with tag
+  ``hybridlens.outcome = diverged``); KILLED for runs stopped by a signal, marked by the driver or
+  by ``hybridlens reconcile``.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterable
+
+TAG_STUDY = "hybridlens.study"
+TAG_TRIAL = "hybridlens.trial_id"
+TAG_CONFIG_HASH = "hybridlens.config_hash"
+TAG_DATASET_HASH = "hybridlens.dataset_hash"
+TAG_KIND = "hybridlens.kind"  # parent | trial
+TAG_OUTCOME = "hybridlens.outcome"  # finished | diverged | failed | killed
+TAG_NODE = "hybridlens.node_id"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+def sqlite_uri(workdir: Path) -> str:
+    return f"sqlite:///{(Path(workdir) / 'mlflow.db').resolve()}"
+
+
+def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail fast, with one line, on a tracking URI that cannot work."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                if r.status != 200:
+                    raise ValueError(f"MLflow tracking server {uri} answered {r.status} on /health")
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ValueError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix --tracking-uri") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise ValueError(f"tracking URI {uri}: folder {folder} does not exist")
+    elif uri.startswith("file:") or "://" not in uri:
+        raise ValueError(f"tracking URI {uri!r}: MLflow's file store is not supported; use sqlite:///PATH/mlflow.db or an http(s) server")
+    else:
+        raise ValueError(f"tracking URI {uri!r}: use sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(c, name: str, artifact_location: str | None = None) -> str:
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=artifact_location)
+
+
+def create_parent_run(c, experiment_id: str, study: str, config_hash: str, run_name: str | None = None) -> str:
+    run = c.create_run(
+        experiment_id,
+        run_name=run_name or f"{study}-study",
+        tags={TAG_STUDY: study, TAG_KIND: "parent", TAG_CONFIG_HASH: config_hash},
+    )
+    return run.info.run_id
+
+
+def find_trial_run(c, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
+    runs = c.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`{TAG_PARENT}` = '{parent_run_id}'",
+        max_results=2,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def child_runs(c, experiment_id: str, parent_run_id: str) -> list:
+    """Every child run of ``parent_run_id`` (all statuses)."""
+    from mlflow.entities import ViewType
+
+    out, token = [], None
+    while True:
+        page = c.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
+        out += list(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def logged_steps(c, run_id: str, key: str) -> set[int]:
+    return {m.step for m in c.get_metric_history(run_id, key)}
+
+
+class TrialLogger:
+    """Logs a trial's metrics to its child run, one ``log_batch`` request per call."""
+
+    def __init__(self, c, run_id: str, probe_key: str = "val_loss"):
+        self.c, self.run_id = c, run_id
+        self._done_steps = logged_steps(c, run_id, probe_key)
+
+    def log_steps(self, steps: list[tuple[int, dict[str, float]]]) -> int:
+        """Log several epochs' metrics in one request, skipping steps logged before (a resumed trial
+        re-trains the epochs after its last checkpoint). Returns the number of steps sent."""
+        from mlflow.entities import Metric
+
+        todo = [(s, m) for s, m in steps if s not in self._done_steps]
+        if todo:
+            ts = int(time.time() * 1000)
+            self.c.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, s) for s, m in todo for k, v in m.items()])
+            self._done_steps.update(s for s, _ in todo)
+        return len(todo)
+
+    def log(self, metrics: dict[str, float], step: int = 0, params: dict | None = None, tags: dict | None = None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        ts = int(time.time() * 1000)
+        self.c.log_batch(
+            self.run_id,
+            metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+
+def mark_unfinished(c, runs: Iterable, status: str = "KILLED") -> list[str]:
+    """Set ``status`` on every run in ``runs`` still RUNNING (or SCHEDULED); return their ids."""
+    marked = []
+    for r in runs:
+        if r.info.status in ("RUNNING", "SCHEDULED"):
+            c.set_tag(r.info.run_id, TAG_OUTCOME, status.lower())
+            c.set_terminated(r.info.run_id, status)
+            marked.append(r.info.run_id)
+    return marked
+
+
+def runs_table(uri: str, experiment_id: str, parent_run_id: str) -> str:
+    """A plain-text table of a launch's child runs: cell, status, outcome, epochs, metrics."""
+    c = client(uri)
+    rows = []
+    for r in child_runs(c, experiment_id, parent_run_id):
+        p, m, t = r.data.params, r.data.metrics, r.data.tags
+        rows.append(
+            [
+                p.get("architecture", "?"),
+                p.get("activation", "?"),
+                p.get("seed", "?"),
+                r.info.status,
+                t.get(TAG_OUTCOME, "running" if r.info.status == "RUNNING" else ""),
+                f"{int(m['epochs_trained'])}" if "epochs_trained" in m else "",
+                f"{m['best_val_auroc']:.3f}" if "best_val_auroc" in m else "",
+                f"{m['test_auroc']:.3f}" if "test_auroc" in m else "",
+                f"{m['test_aupr']:.3f}" if "test_aupr" in m else "",
+            ]
+        )
+    rows.sort(key=lambda r: (r[0], r[1], int(r[2]) if str(r[2]).isdigit() else 0))
+    head = ["architecture", "activation", "seed", "status", "outcome", "epochs", "val_auroc", "test_auroc", "test_aupr"]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*head)] + [fmt.format(*map(str, r)) for r in rows]
+    return "\n".join(lines) + f"\n{len(rows)} runs"

@@ -1,0 +1,329 @@
+"""Studies end to end through a real local Ray and a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from analysis.datasets import load_dataset, write_dataset
+from analysis.motifs import read_meme
+from models import build
+from study import tracking
+from study.runner import load_launch, run_study
+from study.simulate import simulate_task1
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    write_dataset(path, simulate_task1(num_seqs=400, seed=3))
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_shutdown():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def write_config(tmp_path: Path, data_file: Path, **sections) -> Path:
+    raw = {
+        "name": sections.pop("name", "tiny"),
+        "task": "task1",
+        "data": {"path": str(data_file)},
+        "grid": {"architectures": ["C24", "C4C6"], "activations": ["relu", "exp"], "seeds": [0]},
+        "train": {"epochs": 3},
+        "resources": {"cpu": 1},
+        "ray": {"object_store_memory_mb": 100, "checkpoint_every": 2, "max_failures": 1},
+    }
+    for k, v in sections.items():
+        raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
+    p = tmp_path / f"{raw['name']}.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def runs_of(workdir: Path, study: str | None = None):
+    launch = load_launch(workdir, study)
+    c = tracking.client(launch.tracking_uri)
+    return c, launch, tracking.child_runs(c, launch.experiment_id, launch.parent_run_id)
+
+
+def steps(c, run_id: str, key: str = "val_loss") -> list[int]:
+    return sorted(m.step for m in c.get_metric_history(run_id, key))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_file):
+    """A finished 4-trial study: (workdir, summary)."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    summary = run_study(write_config(tmp, data_file), workdir=tmp / "work", echo=lambda m: None)
+    return tmp / "work", summary
+
+
+def test_smoke_study_end_to_end(tmp_path, smoke, data_file):
+    work, summary = smoke
+    assert summary["complete"] and summary["FINISHED"] == 4
+    c, launch, runs = runs_of(work)
+    parents = [r for r in c.search_runs([launch.experiment_id]) if r.data.tags.get(tracking.TAG_KIND) == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(runs) == 4
+    cells = {(r.data.params["architecture"], r.data.params["activation"], r.data.params["seed"]) for r in runs}
+    assert cells == {(a, b, "0") for a in ("C24", "C4C6") for b in ("relu", "exp")}
+    ds_hash = load_dataset(data_file, splits=()).content_hash
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        p, m, t = r.data.params, r.data.metrics, r.data.tags
+        assert p["task"] == "task1" and p["epochs"] == "3" and p["lr"] == "0.001" and p["monitor"] == "val_aupr"
+        assert p["filters"] == "32" and p["init"] == "he"
+        assert t[tracking.TAG_DATASET_HASH] == ds_hash and t[tracking.TAG_PARENT] == launch.parent_run_id
+        assert t[tracking.TAG_OUTCOME] == "finished"
+        for key in ("train_loss", "val_loss", "val_auroc", "val_aupr", "train_auroc", "lr"):
+            assert steps(c, r.info.run_id, key) == [1, 2, 3]
+        for key in ("test_auroc", "test_aupr", "test_loss", "best_val_aupr", "best_epoch"):
+            assert key in m
+        arts = {a.path for a in c.list_artifacts(r.info.run_id, "model")} | {
+            a.path for a in c.list_artifacts(r.info.run_id, "config")} | {a.path for a in c.list_artifacts(r.info.run_id, "filters")}
+        assert arts == {"model/weights.pt", "config/trial.json", "filters/filters.meme"}
+        local = Path(c.download_artifacts(r.info.run_id, "", str(tmp_path / r.info.run_id)))
+        state = torch.load(local / "model" / "weights.pt", weights_only=True)  # never unpickles objects
+        model = build(p["architecture"], "task1", p["activation"])
+        model.load_state_dict(state)
+        trial = json.loads((local / "config" / "trial.json").read_text())
+        assert trial["dataset_hash"] == ds_hash and trial["cell"]["architecture"] == p["architecture"]
+        assert len(read_meme(local / "filters" / "filters.meme")) == 32
+    # The parent carries the study config; the workdir the resolved config.
+    assert [a.path for a in c.list_artifacts(launch.parent_run_id, "config")] == ["config/study.yaml"]
+    assert (work / "studies" / "tiny.yaml").is_file()
+
+
+def test_runs_table(smoke):
+    r = subprocess.run([sys.executable, "-m", "study.cli", "runs", "--workdir", str(smoke[0])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split()[:5] == ["architecture", "activation", "seed", "status", "outcome"]
+    assert sum("FINISHED" in ln for ln in lines) == 4 and lines[-1] == "4 runs"
+
+
+def test_ui_serves_the_store_on_localhost(smoke):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "ui", "--workdir", str(smoke[0]), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        end = time.time() + 90
+        while True:
+            try:
+                body = urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny", timeout=2
+                ).read()
+                break
+            except OSError:
+                if time.time() > end or proc.poll() is not None:
+                    raise
+                time.sleep(1)
+        assert json.loads(body)["experiment"]["name"] == "tiny"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_same_seed_same_metrics_on_cpu(tmp_path, data_file):
+    cfg = write_config(tmp_path, data_file, name="repro", grid={"architectures": ["C24"], "activations": ["exp"]})
+    work = tmp_path / "work"
+    run_study(cfg, workdir=work, echo=lambda m: None)
+    c, _, first = runs_of(work)
+    time.sleep(1.1)  # launches are stamped to the second
+    run_study(cfg, workdir=work, echo=lambda m: None)
+    _, _, second = runs_of(work)
+    assert first[0].info.run_id != second[0].info.run_id  # one parent and child per launch
+    h1 = [m.value for m in c.get_metric_history(first[0].info.run_id, "val_aupr")]
+    h2 = [m.value for m in c.get_metric_history(second[0].info.run_id, "val_aupr")]
+    assert h1 == h2 and len(h1) == 3
+    assert first[0].data.metrics["test_auroc"] == second[0].data.metrics["test_auroc"]
+
+
+def test_fault_once_retried_from_checkpoint_and_always_failing_trial(tmp_path, data_file):
+    cfg = write_config(
+        tmp_path,
+        data_file,
+        name="faults",
+        train={"epochs": 4},
+        faults=[
+            {"architecture": "C24", "activation": "exp", "epoch": 3, "mode": "once"},
+            {"architecture": "C4C6", "activation": "relu", "epoch": 1, "mode": "always"},
+        ],
+    )
+    lines = []
+    summary = run_study(cfg, workdir=tmp_path / "work", echo=lines.append)
+    assert summary["complete"]  # the study completes the other cells
+    c, launch, runs = runs_of(tmp_path / "work")
+    by_name = {r.data.tags["mlflow.runName"]: r for r in runs}
+    assert len(runs) == 4 and len(by_name) == 4  # exactly one child run per cell, even after retries
+    retried = by_name["C24-exp-s0"]
+    assert retried.info.status == "FINISHED"
+    # The marker file proves the fault fired; the run continues without gaps or duplicate steps.
+    assert len(list((tmp_path / "work" / "faults").glob("*-epoch3"))) == 1
+    for key in ("val_loss", "train_loss", "lr"):
+        assert steps(c, retried.info.run_id, key) == [1, 2, 3, 4]
+    broken = by_name["C4C6-relu-s0"]
+    assert broken.info.status == "FAILED" and broken.data.tags[tracking.TAG_OUTCOME] == "failed"
+    assert "injected fault (always)" in broken.data.tags["hybridlens.error"]
+    assert any("C4C6-relu-s0: FAILED: " in ln for ln in lines)
+    assert {by_name[n].info.status for n in ("C24-relu-s0", "C4C6-exp-s0")} == {"FINISHED"}
+
+
+def test_nan_diverging_trial_is_recorded_as_diverged(tmp_path, data_file):
+    cfg = write_config(tmp_path, data_file, name="diverge", grid={"architectures": ["C24"], "activations": ["exp"]}, train={"lr": 1e4})
+    summary = run_study(cfg, workdir=tmp_path / "work", echo=lambda m: None)
+    assert summary["complete"] and summary["diverged"] == 1
+    c, launch, runs = runs_of(tmp_path / "work")
+    (run,) = runs
+    assert run.info.status == "FAILED"
+    assert run.data.tags[tracking.TAG_OUTCOME] == "diverged"
+    assert run.data.metrics["diverged_epoch"] == 1
+    assert "training loss is nan" in run.data.tags["hybridlens.error"]
+    assert c.get_run(launch.parent_run_id).info.status == "FINISHED"
+
+
+# ---------------------------------------------------------------------------- real signals
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _db_counts(db: Path) -> dict[str, int]:
+    """Child runs by status, read straight from the SQLite store (the driver is still running)."""
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db, timeout=30) as con:
+        try:
+            rows = con.execute(
+                "select r.status, count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+                "where t.key = 'hybridlens.kind' and t.value = 'trial' group by r.status"
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return {}
+    return dict(rows)
+
+
+def _wait_for(cond, timeout: float, proc) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"driver ended early:\n{proc.stdout.read()}")
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting for the study to progress")
+
+
+def _history(c, runs) -> dict[str, list[tuple[int, float]]]:
+    return {r.data.tags["mlflow.runName"]: sorted((m.step, m.value) for m in c.get_metric_history(r.info.run_id, "val_loss")) for r in runs}
+
+
+EPOCHS = 30
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_kill_driver_then_resume(tmp_path, data_file, sig):
+    cfg = write_config(
+        tmp_path, data_file, name="killme", train={"epochs": EPOCHS, "early_stopping_patience": None},
+        resources={"max_concurrent": 1}, ray={"checkpoint_every": 2},
+    )
+    work = tmp_path / "work"
+    proc = _cli("study", str(cfg), "--workdir", str(work), start_new_session=True)
+    # Kill once one trial has finished and the next one is running.
+    _wait_for(lambda: _db_counts(work / "mlflow.db").get("FINISHED", 0) >= 1 and _db_counts(work / "mlflow.db").get("RUNNING", 0) >= 1, 240, proc)
+    time.sleep(1.0)
+    if sig == signal.SIGKILL:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray die together
+    else:
+        os.kill(proc.pid, sig)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0, out
+    c, launch, before = runs_of(work)
+    finished_before = {r.data.tags["mlflow.runName"]: r.info.end_time for r in before if r.info.status == "FINISHED"}
+    history_before = _history(c, before)
+    assert finished_before and len(finished_before) < 4  # interrupted mid-study
+    if sig == signal.SIGKILL:
+        assert any(r.info.status == "RUNNING" for r in before)  # nobody could clean up ...
+        r = subprocess.run([sys.executable, "-m", "study.cli", "reconcile", "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "KILLED" in r.stderr, r.stderr
+    _, _, now = runs_of(work)
+    assert not any(r.info.status == "RUNNING" for r in now)  # ... reconcile (or the driver) marked them
+    assert any(r.info.status == "KILLED" for r in now)
+    assert c.get_run(launch.parent_run_id).info.status == "KILLED"
+
+    r = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(work)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    _, _, after = runs_of(work)
+    names = [x.data.tags["mlflow.runName"] for x in after]
+    assert sorted(names) == sorted({"C24-relu-s0", "C24-exp-s0", "C4C6-relu-s0", "C4C6-exp-s0"})  # one run per cell
+    assert all(x.info.status == "FINISHED" for x in after)
+    history_after = _history(c, after)
+    for x in after:
+        name = x.data.tags["mlflow.runName"]
+        if name in finished_before:  # completed trials were not rerun
+            assert x.info.end_time == finished_before[name]
+        assert [s for s, _ in history_after[name]] == list(range(1, EPOCHS + 1))  # no gaps, no duplicates
+        assert set(history_before.get(name, [])) <= set(history_after[name])  # nothing logged is lost
+    assert c.get_run(launch.parent_run_id).info.status == "FINISHED"
+
+
+# --------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--tracking-uri", "http://127.0.0.1:9"], "MLflow tracking server http://127.0.0.1:9 is unreachable"),
+        (["--tracking-uri", "file:///tmp/x"], "MLflow's file store is not supported"),
+        (["--ray-address", "127.0.0.1:9"], "Ray cluster at 127.0.0.1:9 is unreachable"),
+    ],
+)
+def test_unreachable_services_fail_before_work(tmp_path, data_file, extra, message):
+    cfg = write_config(tmp_path, data_file)
+    work = tmp_path / "work"
+    r = subprocess.run([sys.executable, "-m", "study.cli", "study", str(cfg), "--workdir", str(work), *extra], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not work.exists()
+
+
+def test_missing_dataset_path(tmp_path, data_file):
+    cfg = write_config(tmp_path, tmp_path / "nope.h5")
+    work = tmp_path / "work"
+    r = subprocess.run([sys.executable, "-m", "study.cli", "study", str(cfg), "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"hybridlens: error: dataset {tmp_path / 'nope.h5'} (data.path) does not exist; generate it with "
+        f"'hybridlens data task1 --out {tmp_path / 'nope.h5'}' or drop data.path"
+    ]
+    assert not work.exists()
+
+
+def test_resume_and_runs_without_a_study(tmp_path):
+    for args in (["resume", str(tmp_path)], ["runs", "--workdir", str(tmp_path)]):
+        r = subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "holds no study" in r.stderr
