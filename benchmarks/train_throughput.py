@@ -1,7 +1,7 @@
 """Training throughput: the project's Trainer (data resident on the device, index-sliced batches, one
 host sync per epoch) against a plain DataLoader loop on the same model, in the same process.
 
-    python benchmarks/train_throughput.py [--arch C24] [--num-seqs 10000] [--epochs 3] [--device cpu|cuda]
+    python benchmarks/train_throughput.py [--arch C24] [--num-seqs 10000 | --data FILE.h5] [--epochs 3] [--device cpu|cuda]
 
 Prints epochs per second for both and their ratio (trainer / DataLoader).
 """
@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from models import build
-from study.simulate import simulate_task1
 from study.train import TensorData, TrainConfig, Trainer, seed_everything
 
 
@@ -53,23 +52,36 @@ def trainer_loop(model, ds, device, epochs: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="C24")
-    ap.add_argument("--num-seqs", type=int, default=10_000)
+    ap.add_argument("--num-seqs", type=int, default=10_000, help="Task 1 sequences to simulate")
+    ap.add_argument("--data", help="a dataset file to use instead of simulating")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--only", choices=["trainer", "dataloader"], help="time one loop (e.g. to run several processes on one GPU)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    ds = simulate_task1(num_seqs=args.num_seqs, seed=0)
+    if args.data:
+        from analysis.datasets import load_dataset
+
+        ds = load_dataset(args.data)
+    else:
+        from study.simulate import simulate_task1
+
+        ds = simulate_task1(num_seqs=args.num_seqs, seed=0)
     results = {}
-    for label, fn in (("dataloader", plain_loop), ("trainer", trainer_loop), ("dataloader ", plain_loop), ("trainer ", trainer_loop)):
+    loops = (("dataloader", plain_loop), ("trainer", trainer_loop)) * 2
+    if args.only:
+        loops = [(label, fn) for label, fn in loops if label == args.only]
+    for label, fn in loops:
         seed_everything(0)
-        model = build(args.arch, "task1", "exp", seed=0).to(device)
+        model = build(args.arch, "task1", "exp", seed=0, num_outputs=ds.num_outputs).to(device)
         fn(model, ds, device, 1)  # warm-up epoch (allocator, kernels)
         results.setdefault(label.strip(), []).append(fn(model, ds, device, args.epochs))
-    dl, tr = max(results["dataloader"]), max(results["trainer"])
     print(f"device={device} arch={args.arch} train_seqs={len(ds.train)} threads={torch.get_num_threads()}")
-    print(f"dataloader loop: {dl:.3f} epochs/s")
-    print(f"trainer:         {tr:.3f} epochs/s")
-    print(f"ratio trainer/dataloader: {tr / dl:.2f}x")
+    best = {k: max(v) for k, v in results.items()}
+    for k, v in best.items():
+        print(f"{k + ':':16s} {v:.3f} epochs/s")
+    if len(best) == 2:
+        print(f"ratio trainer/dataloader: {best['trainer'] / best['dataloader']:.2f}x")
 
 
 if __name__ == "__main__":
