@@ -97,8 +97,9 @@ def study_cmd(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (http://HOST:PORT); default: sqlite in the workdir."),
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Ray Tune storage (shared by all nodes of a cluster); default: WORKDIR/ray."),
     smoke_test: bool = typer.Option(False, "--smoke-test", help="Shrink the same study: 2 architectures, 1 seed, 2 epochs, 600 sequences."),
+    no_analyze: bool = typer.Option(False, "--no-analyze", help="Skip the analysis at the end (run it later with 'hybridlens analyze')."),
 ) -> None:
-    """Run a grid study: data (if missing), the Ray Tune grid, MLflow tracking."""
+    """Run a grid study: data (if missing), the Ray Tune grid, MLflow tracking, then the analysis."""
     from study.runner import run_study
 
     summary = run_study(
@@ -108,6 +109,7 @@ def study_cmd(
         tracking_uri=tracking_uri,
         storage_path=storage_path,
         smoke_test=smoke_test,
+        analyze=not no_analyze,
         echo=echo,
     )
     if not summary["complete"]:
@@ -118,11 +120,12 @@ def study_cmd(
 def resume_cmd(
     workdir: Path = typer.Argument(..., help="The interrupted study's working directory."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name, when the workdir holds several."),
+    no_analyze: bool = typer.Option(False, "--no-analyze", help="Skip the analysis at the end."),
 ) -> None:
     """Resume an interrupted study: only unfinished trials run, from their checkpoints."""
     from study.runner import resume_study
 
-    if not resume_study(workdir, study, echo=echo)["complete"]:
+    if not resume_study(workdir, study, analyze=not no_analyze, echo=echo)["complete"]:
         raise typer.Exit(3)
 
 
@@ -148,6 +151,32 @@ def runs_cmd(
 
     launch = load_launch(workdir, study)
     typer.echo(runs_table(launch.tracking_uri, launch.experiment_id, launch.parent_run_id))
+
+
+@app.command("analyze")
+def analyze_cmd(
+    study: str = typer.Option(..., "--study", help="Study name (the MLflow experiment)."),
+    workdir: Path = typer.Option(Path("hybridlens-work"), "--workdir", help=WORKDIR_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server or store; default: the workdir's mlflow.db."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Best runs per configuration (default: 3 for Task 1, 5 for Task 2)."),
+    rank_on: str = typer.Option("valid", "--rank-on", help="Rank runs on the validation (default) or test metric."),
+    task: Optional[str] = typer.Option(None, "--task", help="Analyse only this task's runs (task1 or task2)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for tables and figures; default: WORKDIR/analysis/STUDY."),
+) -> None:
+    """Analyse a study from MLflow alone: filter TPR/FPR (Task 1) or saliency (Task 2), tables, figures."""
+    from analysis.report import analyze_study
+    from analysis.runs import check_tracking_uri, sqlite_uri
+
+    if rank_on not in ("valid", "test"):
+        raise UserError(f"--rank-on must be valid or test, got {rank_on!r}")
+    if tracking_uri:
+        check_tracking_uri(tracking_uri)
+        uri = tracking_uri
+    else:
+        if not (workdir / "mlflow.db").is_file():
+            raise FileNotFoundError(f"{workdir / 'mlflow.db'} does not exist; pass --workdir of a study or --tracking-uri")
+        uri = sqlite_uri(workdir)
+    analyze_study(uri, study, task=task, top_k=top_k, rank_on=rank_on, out_dir=out or workdir / "analysis" / study, echo=echo)
 
 
 @app.command("ui")

@@ -321,9 +321,11 @@ def run_study(
     tracking_uri: str | None = None,
     storage_path: str | Path | None = None,
     smoke_test: bool = False,
+    analyze: bool = True,
     echo: Echo = print,
 ) -> dict:
-    """Run a study end to end; returns the summary of :func:`close_launch` plus the launch."""
+    """Run a study end to end (then its analysis, unless ``analyze=False``); returns the summary of
+    :func:`close_launch` plus the launch (and the analysis result under ``"analysis"``)."""
     cfg = load_config(config_path)
     if smoke_test:
         cfg = cfg.smoke()
@@ -367,7 +369,7 @@ def run_study(
     cells = cfg.cells()
     echo(f"study {cfg.name}: {len(cells)} trials ({len(cfg.grid.architecture_names())} architectures x {len(cfg.grid.activations)} activations x {len(cfg.grid.seeds)} seeds), {cfg.train.epochs} epochs max")
     echo(f"  tracking {uri} (experiment {experiment_id}, parent run {parent})")
-    return _fit(launch, cfg, echo, restore=False)
+    return _finish(_fit(launch, cfg, echo, restore=False), cfg, analyze, echo)
 
 
 def _log_study_params(c, parent: str, cfg: StudyConfig, data_path: Path) -> None:
@@ -433,7 +435,31 @@ def _fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool) -> dict
     return {**summary, "launch": launch}
 
 
-def resume_study(workdir: str | Path, study: str | None = None, *, echo: Echo = print) -> dict:
+def _finish(summary: dict, cfg: StudyConfig, analyze: bool, echo: Echo) -> dict:
+    """Run the analysis on the launch's finished runs (tables and figures in WORKDIR/analysis/NAME).
+    An analysis that cannot run (no finished run, say) is reported, not raised: the study stands."""
+    if not analyze:
+        return summary
+    from analysis.report import analyze_study
+
+    launch: Launch = summary["launch"]
+    try:
+        summary["analysis"] = analyze_study(
+            launch.tracking_uri,
+            cfg.name,
+            parent_run_id=launch.parent_run_id,
+            task=cfg.task,
+            top_k=cfg.analysis.top_k,
+            rank_on=cfg.analysis.rank_on,
+            out_dir=Path(launch.workdir) / "analysis" / cfg.name,
+            echo=echo,
+        )
+    except ValueError as e:
+        echo(f"analysis not run: {e}")
+    return summary
+
+
+def resume_study(workdir: str | Path, study: str | None = None, *, analyze: bool = True, echo: Echo = print) -> dict:
     """Resume the latest launch of a study with ``Tuner.restore``: unfinished trials continue from
     their checkpoints in their own child runs; finished trials are not rerun."""
     launch = load_launch(workdir, study)
@@ -449,7 +475,7 @@ def resume_study(workdir: str | Path, study: str | None = None, *, echo: Echo = 
     c = tracking.client(launch.tracking_uri)
     c.update_run(launch.parent_run_id, status="RUNNING")
     echo(f"resuming study {cfg.name} from {launch.experiment_path}")
-    return _fit(launch, cfg, echo, restore=True)
+    return _finish(_fit(launch, cfg, echo, restore=True), cfg, analyze, echo)
 
 
 def reconcile(workdir: str | Path, study: str | None = None, *, echo: Echo = print) -> list[str]:

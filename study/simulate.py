@@ -20,35 +20,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from analysis.datasets import PLACEMENT_DTYPE, SPLITS, Dataset, Split
+from analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS  # noqa: F401 (re-exported)
 from analysis.motifs import SIMULATION_RELEASE, Motif, fetch_collection, fetch_motifs, reverse_complement
 
 GENERATOR_VERSION = "hybridlens-simulate/1"
 SEQ_LEN = 200
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 
-#: Task 1's ground-truth motifs, in label order (method.md §3.1).
-TASK1_MOTIFS: dict[str, str] = {
-    "Arid3a": "MA0151.1",
-    "CEBPB": "MA0466.2",
-    "FOSL1": "MA0477.1",
-    "Gabpa": "MA0062.2",
-    "MAFK": "MA0496.1",
-    "MAX": "MA0058.3",
-    "MEF2A": "MA0052.3",
-    "NFYB": "MA0502.1",
-    "SP1": "MA0079.3",
-    "SRF": "MA0083.3",
-    "STAT1": "MA0137.3",
-    "YY1": "MA0095.2",
-}
-#: Task 2's core motifs (method.md §3.2).
-TASK2_CORE_MOTIFS: dict[str, str] = {
-    "SP1": "MA0079.3",
-    "Gabpa": "MA0062.2",
-    "CEBPB": "MA0466.2",
-    "MAX": "MA0058.3",
-    "YY1": "MA0095.2",
-}
 #: Probabilities of 1, 2, 3, 4, 5 motifs per sequence (Task 1), and of 3..7 (Task 2's code).
 COUNT_PROBS = (0.50, 0.25, 0.17, 0.05, 0.03)
 TASK1_DEFAULT_NUM_SEQS = 25_000

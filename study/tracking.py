@@ -15,51 +15,23 @@
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Iterable
 
-TAG_STUDY = "hybridlens.study"
-TAG_TRIAL = "hybridlens.trial_id"
-TAG_CONFIG_HASH = "hybridlens.config_hash"
-TAG_DATASET_HASH = "hybridlens.dataset_hash"
-TAG_KIND = "hybridlens.kind"  # parent | trial
-TAG_OUTCOME = "hybridlens.outcome"  # finished | diverged | failed | killed
-TAG_NODE = "hybridlens.node_id"
-TAG_PARENT = "mlflow.parentRunId"
-
-
-def sqlite_uri(workdir: Path) -> str:
-    return f"sqlite:///{(Path(workdir) / 'mlflow.db').resolve()}"
-
-
-def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
-    """Fail fast, with one line, on a tracking URI that cannot work."""
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:
-                if r.status != 200:
-                    raise ValueError(f"MLflow tracking server {uri} answered {r.status} on /health")
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise ValueError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix --tracking-uri") from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise ValueError(f"tracking URI {uri}: folder {folder} does not exist")
-    elif uri.startswith("file:") or "://" not in uri:
-        raise ValueError(f"tracking URI {uri!r}: MLflow's file store is not supported; use sqlite:///PATH/mlflow.db or an http(s) server")
-    else:
-        raise ValueError(f"tracking URI {uri!r}: use sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
-
-
-def client(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
+# The layout's names and read side live in analysis.runs (the analysis reads MLflow without study).
+from analysis.runs import (  # noqa: F401  (re-exported for the study)
+    TAG_CONFIG_HASH,
+    TAG_DATASET_HASH,
+    TAG_KIND,
+    TAG_NODE,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_STUDY,
+    TAG_TRIAL,
+    check_tracking_uri,
+    child_runs,
+    client,
+    sqlite_uri,
+)
 
 def get_or_create_experiment(c, name: str, artifact_location: str | None = None) -> str:
     exp = c.get_experiment_by_name(name)
@@ -86,25 +58,6 @@ def find_trial_run(c, experiment_id: str, parent_run_id: str, trial_id: str) -> 
         max_results=2,
     )
     return runs[0].info.run_id if runs else None
-
-
-def child_runs(c, experiment_id: str, parent_run_id: str) -> list:
-    """Every child run of ``parent_run_id`` (all statuses)."""
-    from mlflow.entities import ViewType
-
-    out, token = [], None
-    while True:
-        page = c.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            page_token=token,
-        )
-        out += list(page)
-        token = page.token
-        if not token:
-            return out
 
 
 def logged_steps(c, run_id: str, key: str) -> set[int]:

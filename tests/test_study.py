@@ -149,10 +149,10 @@ def test_ui_serves_the_store_on_localhost(smoke):
 def test_same_seed_same_metrics_on_cpu(tmp_path, data_file):
     cfg = write_config(tmp_path, data_file, name="repro", grid={"architectures": ["C24"], "activations": ["exp"]})
     work = tmp_path / "work"
-    run_study(cfg, workdir=work, echo=lambda m: None)
+    run_study(cfg, workdir=work, analyze=False, echo=lambda m: None)
     c, _, first = runs_of(work)
     time.sleep(1.1)  # launches are stamped to the second
-    run_study(cfg, workdir=work, echo=lambda m: None)
+    run_study(cfg, workdir=work, analyze=False, echo=lambda m: None)
     _, _, second = runs_of(work)
     assert first[0].info.run_id != second[0].info.run_id  # one parent and child per launch
     h1 = [m.value for m in c.get_metric_history(first[0].info.run_id, "val_aupr")]
@@ -173,7 +173,7 @@ def test_fault_once_retried_from_checkpoint_and_always_failing_trial(tmp_path, d
         ],
     )
     lines = []
-    summary = run_study(cfg, workdir=tmp_path / "work", echo=lines.append)
+    summary = run_study(cfg, workdir=tmp_path / "work", analyze=False, echo=lines.append)
     assert summary["complete"]  # the study completes the other cells
     c, launch, runs = runs_of(tmp_path / "work")
     by_name = {r.data.tags["mlflow.runName"]: r for r in runs}
@@ -193,7 +193,7 @@ def test_fault_once_retried_from_checkpoint_and_always_failing_trial(tmp_path, d
 
 def test_nan_diverging_trial_is_recorded_as_diverged(tmp_path, data_file):
     cfg = write_config(tmp_path, data_file, name="diverge", grid={"architectures": ["C24"], "activations": ["exp"]}, train={"lr": 1e4})
-    summary = run_study(cfg, workdir=tmp_path / "work", echo=lambda m: None)
+    summary = run_study(cfg, workdir=tmp_path / "work", analyze=False, echo=lambda m: None)
     assert summary["complete"] and summary["diverged"] == 1
     c, launch, runs = runs_of(tmp_path / "work")
     (run,) = runs
@@ -251,7 +251,7 @@ def test_kill_driver_then_resume(tmp_path, data_file, sig):
         resources={"max_concurrent": 1}, ray={"checkpoint_every": 2},
     )
     work = tmp_path / "work"
-    proc = _cli("study", str(cfg), "--workdir", str(work), start_new_session=True)
+    proc = _cli("study", str(cfg), "--workdir", str(work), "--no-analyze", start_new_session=True)
     # Kill once one trial has finished and the next one is running.
     _wait_for(lambda: _db_counts(work / "mlflow.db").get("FINISHED", 0) >= 1 and _db_counts(work / "mlflow.db").get("RUNNING", 0) >= 1, 240, proc)
     time.sleep(1.0)
@@ -274,7 +274,7 @@ def test_kill_driver_then_resume(tmp_path, data_file, sig):
     assert any(r.info.status == "KILLED" for r in now)
     assert c.get_run(launch.parent_run_id).info.status == "KILLED"
 
-    r = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(work)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(work), "--no-analyze"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     _, _, after = runs_of(work)
     names = [x.data.tags["mlflow.runName"] for x in after]

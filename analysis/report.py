@@ -1,0 +1,243 @@
+"""The analysis of a study, from MLflow alone: per-run interpretability metrics logged back on each
+child run, best-k tables, the paired exp-vs-relu comparison, and figures on the parent run.
+
+Rerunning replaces the previous results: metrics are logged with a fixed timestamp and step (the
+tracking store keeps one value for an identical entry) and artifacts are written to the same paths.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from analysis import runs as mlruns
+from analysis.selection import Selection, run_label, select_best
+
+Echo = Callable[[str], None]
+INTERP_METRICS = {"task1": ["tpr", "fpr"], "task2": ["saliency_auroc", "saliency_aupr", "saliency_snr"]}
+CLASS_METRICS = ["test_auroc", "test_aupr"]
+
+
+@dataclass
+class AnalysisResult:
+    study: str
+    task: str
+    out_dir: Path
+    per_run: pd.DataFrame
+    summary: pd.DataFrame
+    paired: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (run label, reason)
+
+
+class RunError(Exception):
+    """A run that cannot be analysed (missing weights, unreadable config, wrong task)."""
+
+
+# ------------------------------------------------------------------------------------- one run
+
+
+def load_model(uri: str, run, device: str = "cpu"):
+    """The run's final weights in a freshly built model (weights-only loading)."""
+    import torch
+
+    from models import build
+
+    p = run.data.params
+    try:
+        path = mlruns.download(uri, run.info.run_id, "model/weights.pt")
+    except Exception as e:  # MLflow raises several types for a missing artifact
+        raise RunError(f"no weights (model/weights.pt) logged: {type(e).__name__}") from None
+    sizes = {k: int(p[k]) for k in ("filters", "lstm_units", "key_size", "dense_units", "num_outputs", "heads", "ffn_units", "kernel_size", "seq_len") if k in p}
+    model = build(p["architecture"], p["task"], p["activation"], **sizes)
+    model.load_state_dict(torch.load(path, weights_only=True, map_location=device))
+    return model.to(device).eval()
+
+
+class _Data:
+    """Test splits loaded once per dataset file, checked against the runs' dataset hash."""
+
+    def __init__(self):
+        self.cache: dict[str, object] = {}
+
+    def get(self, uri: str, run):
+        from analysis.datasets import load_dataset
+
+        try:
+            cfg = mlruns.trial_config(uri, run.info.run_id)
+        except Exception as e:
+            raise RunError(f"no readable config/trial.json: {type(e).__name__}") from None
+        path = cfg["data_path"]
+        if path not in self.cache:
+            if not Path(path).is_file():
+                raise RunError(f"dataset {path} is missing; regenerate it with the same seed (hash {cfg['dataset_hash'][:12]})")
+            self.cache[path] = load_dataset(path, splits=("test",), require_model=True)
+        ds = self.cache[path]
+        if ds.content_hash != cfg["dataset_hash"]:
+            raise RunError(f"dataset {path} has hash {ds.content_hash[:12]}, the run was trained on {cfg['dataset_hash'][:12]}")
+        return ds
+
+
+def _ground_truth(ds, task: str) -> dict[str, str]:
+    """Ground-truth base ID -> TF name, from the dataset's attributes (or the canonical lists)."""
+    from analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS, base_id
+
+    if task == "task1":
+        ids = ds.attrs.get("motif_ids") or list(TASK1_MOTIFS.values())
+        names = ds.attrs.get("motif_names") or list(TASK1_MOTIFS)
+    else:
+        ids = ds.attrs.get("core_motif_ids") or list(TASK2_CORE_MOTIFS.values())
+        names = list(TASK2_CORE_MOTIFS)[: len(ids)] if "core_motif_ids" not in ds.attrs else ds.attrs["motif_names"][: len(ids)]
+    return {base_id(i): n for i, n in zip(ids, names)}
+
+
+def _filters(model, ds, database, gt_names):
+    from analysis.filters import filter_motifs
+    from analysis.motif_match import filter_matches
+
+    motifs = filter_motifs(model, ds.test.x)
+    fm, sig = filter_matches(motifs, database, gt_names)
+    return motifs, fm, sig
+
+
+def _log_run(c, run, metrics: dict[str, float], folder: Path | None) -> None:
+    """Metrics with a fixed timestamp and step (a rerun logs identical entries, which the store keeps
+    once) and the files of ``folder`` under the run's ``analysis/`` (overwritten on a rerun)."""
+    from mlflow.entities import Metric
+
+    ts = int(run.info.end_time or run.info.start_time or 0)
+    c.log_batch(run.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    if folder is not None:
+        c.log_artifacts(run.info.run_id, str(folder), "analysis")
+
+
+# ------------------------------------------------------------------------------------- a study
+
+
+def analyze_study(
+    uri: str,
+    study: str,
+    *,
+    parent_run_id: str | None = None,
+    task: str | None = None,
+    top_k: int | None = None,
+    rank_on: str = "valid",
+    out_dir: str | Path | None = None,
+    release: str = "JASPAR2020",
+    device: str | None = None,
+    echo: Echo = print,
+) -> AnalysisResult:
+    """Analyse a study's latest launch (or ``parent_run_id``) from its MLflow store ``uri``.
+
+    Computes per-run interpretability metrics for every finished run (Task 1: filter TPR/FPR;
+    Task 2: saliency AUROC/AUPR/SNR) and logs them on the child runs, aggregates the best ``top_k``
+    runs per configuration, tests exp against relu per architecture over seeds, draws the figures,
+    and writes the tables and figures to ``out_dir`` and to the parent run (``analysis/``).
+    Runs that cannot be analysed are skipped with their reason; the others still are.
+    """
+    import torch
+
+    from analysis.figures import FIGURE_METRICS, filter_logos_many, scatter_exp_vs_relu
+    from analysis.motif_match import comparison_database
+    from analysis.motifs import write_meme
+    from analysis.saliency import grad_times_input, saliency_metrics, summarize
+    from analysis.stats import aggregate, paired_exp_vs_relu, to_markdown
+
+    t0 = time.perf_counter()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sr = mlruns.find_study(uri, study, parent_run_id)
+    sel: Selection = select_best(sr.children, task=task, top_k=top_k, rank_on=rank_on)
+    task = sel.task
+    skipped = [(run_label(r), why) for r, why in sel.skipped]
+    for label, why in skipped:
+        echo(f"  skipping {label}: {why}")
+    if not sel.usable:
+        raise ValueError(f"study {study!r} has no finished {task} run to analyse ({len(skipped)} skipped)")
+    echo(f"analysing {len(sel.usable)} {task} runs of study {study!r} (best {sel.top_k} per configuration, ranked on {sel.rank_key})")
+    c = mlruns.client(uri)
+    data = _Data()
+    database = gt_names = None
+    rows, best_filters = [], {}
+    best_ids = {rs[0].info.run_id: key for key, rs in sel.chosen.items()}
+    selected_ids = {r.info.run_id for rs in sel.chosen.values() for r in rs}
+    with tempfile.TemporaryDirectory(prefix="hybridlens-analysis-") as tmp:
+        tmp = Path(tmp)
+        for i, run in enumerate(sel.usable, 1):
+            label = run_label(run)
+            try:
+                ds = data.get(uri, run)
+                model = load_model(uri, run, device)
+                metrics, folder = {}, None
+                if database is None:
+                    gt_names = _ground_truth(ds, task)
+                    database = comparison_database(release, [i for i in (ds.attrs.get("motif_ids") or []) if i.split(".")[0] in gt_names])
+                if task == "task1" or run.info.run_id in best_ids:
+                    motifs, fm, sig = _filters(model, ds, database, gt_names)
+                    folder = tmp / run.info.run_id
+                    folder.mkdir()
+                    write_meme(motifs, folder / "filters.meme")
+                    sig.to_csv(folder / "tomtom.tsv", sep="\t", index=False)
+                    pd.DataFrame(fm.per_filter).to_csv(folder / "filter_matches.tsv", sep="\t", index=False)
+                    if task == "task1":
+                        metrics.update(tpr=fm.tpr, fpr=fm.fpr)
+                    if run.info.run_id in best_ids:
+                        best_filters[best_ids[run.info.run_id]] = (label, motifs, fm)
+                if task == "task2":
+                    pos = ds.test.y[:, 0] == 1
+                    scores = grad_times_input(model, ds.test.x[pos])
+                    metrics.update(summarize(saliency_metrics(scores, ds.test.model[pos])))
+                _log_run(c, run, metrics, folder)
+            except RunError as e:
+                skipped.append((label, str(e)))
+                echo(f"  [{i}/{len(sel.usable)}] {label}: skipped: {e}")
+                continue
+            p, m = run.data.params, run.data.metrics
+            rows.append({
+                "run_id": run.info.run_id, "architecture": p["architecture"], "activation": p["activation"],
+                "seed": int(p["seed"]), "selected": run.info.run_id in selected_ids,
+                **{k: m.get(k, np.nan) for k in CLASS_METRICS + [sel.rank_key]}, **metrics,
+            })
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            echo(f"  [{i}/{len(sel.usable)}] {label}: {shown}")
+        if not rows:
+            raise ValueError(f"no run of study {study!r} could be analysed ({len(skipped)} skipped)")
+
+        per_run = pd.DataFrame(rows)
+        metrics_list = CLASS_METRICS + INTERP_METRICS[task]
+        summary = aggregate(per_run[per_run["selected"]], metrics_list)
+        paired = paired_exp_vs_relu(per_run, metrics_list)
+        out = Path(out_dir) if out_dir else tmp / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        files = []
+        for name, df in (("per_run", per_run), ("summary", summary), ("paired_exp_vs_relu", paired)):
+            df.to_csv(out / f"{name}.csv", index=False)
+            (out / f"{name}.md").write_text(to_markdown(df))
+            files += [out / f"{name}.csv", out / f"{name}.md"]
+        fig_name = "fig2_task1" if task == "task1" else "fig3_task2"
+        files += scatter_exp_vs_relu(summary, FIGURE_METRICS[task], out / fig_name, title=f"{study}: exp vs relu (best {sel.top_k})")
+        jobs = [
+            (
+                [m.pwm for m in motifs],
+                [f"{r['filter']}: {r['gt_match'] or r['best_hit_name'] or r['best_hit'] or '-'}" for r in fm.per_filter],
+                out / f"logos_{arch}_{act}",
+                f"{label} (best {arch} {act})",
+            )
+            for (arch, act), (label, motifs, fm) in sorted(best_filters.items())
+        ]
+        echo(f"  drawing {len(jobs)} filter-logo grids")
+        files += filter_logos_many(jobs)
+        meta = {"study": study, "task": task, "parent_run_id": sr.parent.info.run_id, "top_k": sel.top_k,
+                "rank_on": rank_on, "release": release, "runs_analysed": len(rows), "skipped": skipped}
+        (out / "analysis.json").write_text(json.dumps(meta, indent=2))
+        files.append(out / "analysis.json")
+        for f in files:
+            c.log_artifact(sr.parent.info.run_id, str(f), "analysis")
+        echo(f"analysis of {study!r}: {len(rows)} runs in {time.perf_counter() - t0:.0f} s; tables and figures in {out if out_dir else 'the parent run'}")
+        return AnalysisResult(study, task, out, per_run, summary, paired, files if out_dir else [], skipped)

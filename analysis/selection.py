@@ -1,0 +1,67 @@
+"""Best-k selection: group a study's runs by configuration (architecture, activation) and keep the
+k best, ranked on the validation metric by default (SPEC.md), skipping failed and diverged runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from analysis.runs import TAG_OUTCOME
+
+#: The ranking metric per task: AUPR for Task 1, AUROC for Task 2 (the paper's classification metric).
+RANK_METRIC = {"task1": "aupr", "task2": "auroc"}
+DEFAULT_TOP_K = {"task1": 3, "task2": 5}
+RANK_ON = ("valid", "test")
+
+
+@dataclass
+class Selection:
+    task: str
+    top_k: int
+    rank_on: str
+    chosen: dict[tuple[str, str], list] = field(default_factory=dict)  # (architecture, activation) -> runs, best first
+    skipped: list[tuple[object, str]] = field(default_factory=list)  # (run, reason)
+    usable: list = field(default_factory=list)  # every finished run (for paired tests over seeds)
+
+    @property
+    def rank_key(self) -> str:
+        m = RANK_METRIC[self.task]
+        return f"best_val_{m}" if self.rank_on == "valid" else f"test_{m}"
+
+
+def run_label(run) -> str:
+    p = run.data.params
+    return f"{p.get('architecture', '?')}-{p.get('activation', '?')}-s{p.get('seed', '?')}"
+
+
+def select_best(runs: list, *, task: str | None = None, top_k: int | None = None, rank_on: str = "valid") -> Selection:
+    """Keep the ``top_k`` best finished runs of every (architecture, activation).
+
+    Runs that failed, diverged, were killed or are still running are skipped with a reason; so are
+    runs of another task than ``task`` (default: the task of the runs, which must agree).
+    """
+    if rank_on not in RANK_ON:
+        raise ValueError(f"unknown rank_on {rank_on!r}; choose one of {', '.join(RANK_ON)}")
+    tasks = sorted({r.data.params.get("task") for r in runs if r.data.params.get("task")})
+    if task is None:
+        if len(tasks) != 1:
+            raise ValueError(f"runs belong to tasks {tasks or 'none'}; name one with --task")
+        task = tasks[0]
+    if task not in RANK_METRIC:
+        raise ValueError(f"unknown task {task!r}; choose one of task1, task2")
+    sel = Selection(task, top_k or DEFAULT_TOP_K[task], rank_on)
+    groups: dict[tuple[str, str], list] = {}
+    for r in runs:
+        outcome = r.data.tags.get(TAG_OUTCOME, "")
+        if r.data.params.get("task") != task:
+            sel.skipped.append((r, f"a {r.data.params.get('task')} run, not {task}"))
+        elif r.info.status != "FINISHED":
+            sel.skipped.append((r, outcome or r.info.status.lower()))
+        elif sel.rank_key not in r.data.metrics:
+            sel.skipped.append((r, f"no {sel.rank_key} metric"))
+        else:
+            sel.usable.append(r)
+            groups.setdefault((r.data.params["architecture"], r.data.params["activation"]), []).append(r)
+    for key, rs in sorted(groups.items()):
+        rs.sort(key=lambda r: (-r.data.metrics[sel.rank_key], int(r.data.params.get("seed", 0))))
+        sel.chosen[key] = rs[: sel.top_k]
+    return sel

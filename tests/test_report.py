@@ -1,0 +1,146 @@
+"""The analysis end to end on tiny trained studies: real Ray, real MLflow SQLite, real files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.datasets import write_dataset
+from analysis.runs import TAG_KIND, TAG_OUTCOME, TAG_PARENT, child_runs, client, find_study
+from study.runner import run_study
+from study.simulate import simulate_task1, simulate_task2
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_shutdown():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def _study(tmp: Path, task: str, archs: list[str]) -> tuple[Path, dict]:
+    data = tmp / f"{task}.h5"
+    sim = simulate_task1 if task == "task1" else simulate_task2
+    write_dataset(data, sim(num_seqs=400, seed=5))
+    cfg = tmp / f"{task}.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": f"tiny-{task}",
+        "task": task,
+        "data": {"path": str(data)},
+        "grid": {"architectures": archs, "activations": ["relu", "exp"], "seeds": [0]},
+        "train": {"epochs": 2},
+        "ray": {"object_store_memory_mb": 100},
+    }))
+    work = tmp / "work"
+    summary = run_study(cfg, workdir=work, echo=lambda m: None)
+    return work, summary
+
+
+@pytest.fixture(scope="module")
+def task1(tmp_path_factory):
+    return _study(tmp_path_factory.mktemp("t1"), "task1", ["C24", "C4C6"])
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def _artifacts(c, run_id: str, path: str = "analysis") -> list[str]:
+    return sorted(a.path for a in c.list_artifacts(run_id, path))
+
+
+def test_study_runs_the_analysis_and_logs_it(task1):
+    work, summary = task1
+    res = summary["analysis"]
+    out = work / "analysis" / "tiny-task1"
+    names = {p.name for p in out.iterdir()}
+    for f in ("summary.csv", "summary.md", "paired_exp_vs_relu.csv", "per_run.csv", "fig2_task1.png", "fig2_task1.pdf",
+              "logos_C24_exp.png", "logos_C4C6_relu.pdf", "analysis.json"):
+        assert f in names, f
+    summ = pd.read_csv(out / "summary.csv")
+    assert set(summ.columns) >= {"architecture", "activation", "tpr_mean", "tpr_std", "fpr_mean", "test_aupr_mean", "runs"}
+    assert len(summ) == 4 and (summ["runs"] == 1).all()
+    assert ((summ["tpr_mean"] >= 0) & (summ["tpr_mean"] <= 1)).all()
+    c = client(summary["launch"].tracking_uri)
+    parent = summary["launch"].parent_run_id
+    assert "analysis/fig2_task1.png" in _artifacts(c, parent)
+    for r in child_runs(c, summary["launch"].experiment_id, parent):
+        assert {"tpr", "fpr"} <= set(r.data.metrics)
+        assert _artifacts(c, r.info.run_id) == ["analysis/filter_matches.tsv", "analysis/filters.meme", "analysis/tomtom.tsv"]
+
+
+def test_rerun_replaces_and_works_from_mlflow_alone(task1):
+    work, summary = task1
+    launch = summary["launch"]
+    c = client(launch.tracking_uri)
+    kids = child_runs(c, launch.experiment_id, launch.parent_run_id)
+    before_parent = _artifacts(c, launch.parent_run_id)
+    before = pd.read_csv(work / "analysis" / "tiny-task1" / "per_run.csv").sort_values("run_id")
+    # Analysis from MLflow only: no Ray folder, no checkpoints.
+    shutil.rmtree(work / "ray")
+    r = _cli("analyze", "--study", "tiny-task1", "--workdir", str(work))
+    assert r.returncode == 0, r.stderr
+    assert "[4/4]" in r.stderr
+    after = pd.read_csv(work / "analysis" / "tiny-task1" / "per_run.csv").sort_values("run_id")
+    pd.testing.assert_frame_equal(before.reset_index(drop=True), after.reset_index(drop=True))
+    assert _artifacts(c, launch.parent_run_id) == before_parent
+    for k in kids:
+        for key in ("tpr", "fpr"):
+            assert len(c.get_metric_history(k.info.run_id, key)) == 1  # replaced, not appended
+
+
+def test_runs_without_weights_are_skipped_others_analysed(task1):
+    work, summary = task1
+    launch = summary["launch"]
+    c = client(launch.tracking_uri)
+    fake = c.create_run(launch.experiment_id, tags={TAG_PARENT: launch.parent_run_id, TAG_KIND: "trial", TAG_OUTCOME: "finished"}).info.run_id
+    for k, v in dict(architecture="C24", activation="exp", seed=7, task="task1").items():
+        c.log_param(fake, k, v)
+    c.log_metric(fake, "best_val_aupr", 0.99)
+    c.set_terminated(fake, "FINISHED")
+    try:
+        r = _cli("analyze", "--study", "tiny-task1", "--workdir", str(work), "--out", str(work / "an2"))
+        assert r.returncode == 0, r.stderr
+        assert "C24-exp-s7: skipped: no readable config/trial.json" in r.stderr
+        per_run = pd.read_csv(work / "an2" / "per_run.csv")
+        assert len(per_run) == 4  # the four real runs
+    finally:
+        c.delete_run(fake)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--study", "nope"], "unknown study 'nope'"),
+        (["--study", "tiny-task1", "--task", "task2"], "no finished task2 run to analyse"),
+        (["--study", "tiny-task1", "--rank-on", "train"], "--rank-on must be valid or test"),
+    ],
+)
+def test_bad_input_is_one_line(task1, args, message):
+    r = _cli("analyze", "--workdir", str(task1[0]), *args)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if not ln.strip().startswith("skipping ")]
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_task2_saliency_end_to_end(tmp_path):
+    work, summary = _study(tmp_path, "task2", ["C4"])  # a BiLSTM: the backward pass runs without cuDNN
+    res = summary["analysis"]
+    assert set(res.per_run.columns) >= {"saliency_auroc", "saliency_aupr", "saliency_snr", "test_auroc"}
+    assert ((res.per_run["saliency_auroc"] >= 0) & (res.per_run["saliency_auroc"] <= 1)).all()
+    out = work / "analysis" / "tiny-task2"
+    assert (out / "fig3_task2.png").is_file() and (out / "logos_C4_exp.png").is_file()
+    launch = summary["launch"]
+    c = client(launch.tracking_uri)
+    for r in child_runs(c, launch.experiment_id, launch.parent_run_id):
+        assert {"saliency_auroc", "saliency_aupr", "saliency_snr"} <= set(r.data.metrics)
+    assert find_study(launch.tracking_uri, "tiny-task2").parent.info.run_id == launch.parent_run_id

@@ -1,0 +1,58 @@
+"""Best-k selection on runs in a real MLflow SQLite store."""
+
+import pytest
+
+from analysis.runs import TAG_KIND, TAG_OUTCOME, TAG_PARENT, TAG_STUDY, child_runs, client, find_study, sqlite_uri
+from analysis.selection import select_best
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    c = client(uri)
+    exp = c.create_experiment("s1", artifact_location=(tmp_path / "art").as_uri())
+    parent = c.create_run(exp, tags={TAG_STUDY: "s1", TAG_KIND: "parent"}).info.run_id
+
+    def add(arch, act, seed, val, test, status="FINISHED", outcome="finished", task="task1"):
+        r = c.create_run(exp, tags={TAG_PARENT: parent, TAG_KIND: "trial", TAG_OUTCOME: outcome}).info.run_id
+        for k, v in dict(architecture=arch, activation=act, seed=seed, task=task).items():
+            c.log_param(r, k, v)
+        c.log_metric(r, "best_val_aupr", val)
+        c.log_metric(r, "test_aupr", test)
+        c.set_terminated(r, status)
+        return r
+
+    ids = {
+        "a0": add("C24", "exp", 0, 0.5, 0.9),
+        "a1": add("C24", "exp", 1, 0.7, 0.1),
+        "a2": add("C24", "exp", 2, 0.6, 0.5),
+        "a3": add("C24", "exp", 3, 0.9, 0.2, status="FAILED", outcome="diverged"),
+        "b0": add("C24", "relu", 0, 0.4, 0.4),
+        "c0": add("C4", "exp", 0, 0.3, 0.3, task="task2"),
+    }
+    return uri, exp, parent, ids
+
+
+def test_best_k_on_validation_skipping_failed_and_diverged(store):
+    uri, exp, parent, ids = store
+    runs = child_runs(client(uri), exp, parent)
+    sel = select_best(runs, task="task1", top_k=2)
+    assert [r.info.run_id for r in sel.chosen[("C24", "exp")]] == [ids["a1"], ids["a2"]]
+    assert [r.info.run_id for r in sel.chosen[("C24", "relu")]] == [ids["b0"]]
+    reasons = {r.info.run_id: why for r, why in sel.skipped}
+    assert reasons[ids["a3"]] == "diverged" and "task2" in reasons[ids["c0"]]
+
+
+def test_rank_on_test_as_the_reference_code(store):
+    uri, exp, parent, ids = store
+    sel = select_best(child_runs(client(uri), exp, parent), task="task1", top_k=1, rank_on="test")
+    assert sel.chosen[("C24", "exp")][0].info.run_id == ids["a0"]
+
+
+def test_mixed_tasks_need_a_task_and_study_lookup(store):
+    uri, exp, parent, ids = store
+    with pytest.raises(ValueError, match="name one with --task"):
+        select_best(child_runs(client(uri), exp, parent))
+    assert find_study(uri, "s1").parent.info.run_id == parent
+    with pytest.raises(ValueError, match="unknown study 'nope'.*s1"):
+        find_study(uri, "nope")
