@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models import GRID, TASK_SIZES
-from models.blocks import ACTIVATIONS, INITS
+from models.blocks import ACTIVATIONS
 from study.train import MONITORS, TrainConfig
 
 #: Per task: the paper's LR-plateau / early-stopping metric and best-k (SPEC.md).

@@ -55,3 +55,19 @@ def test_trainer_learns_on_gpu(name):
     hist = tr.fit()
     assert all(math.isfinite(h["train_loss"]) for h in hist)
     assert tr.evaluate("valid")["auroc"] > 0.8
+
+
+def test_saliency_through_lstm_on_gpu_matches_cpu(monkeypatch):
+    """cuDNN refuses the backward pass through an LSTM in eval mode; grad_times_input turns cuDNN
+    off for it, and then agrees with the CPU."""
+    from analysis.saliency import grad_times_input
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cpu = build("C4-Trans2", "task2", "exp", seed=0).eval()
+    gpu = build("C4-Trans2", "task2", "exp", seed=0).cuda().eval()
+    x = torch.nn.functional.one_hot(torch.randint(0, 4, (64, 200)), 4).float().transpose(1, 2)
+    with pytest.raises(RuntimeError, match="cudnn RNN backward can only be called in training mode"):
+        xg = x.cuda().requires_grad_(True)
+        torch.autograd.grad(torch.sigmoid(gpu(xg)).sum(), xg)
+    np.testing.assert_allclose(grad_times_input(gpu, x), grad_times_input(cpu, x), rtol=1e-3, atol=1e-6)

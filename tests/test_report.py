@@ -60,7 +60,7 @@ def _artifacts(c, run_id: str, path: str = "analysis") -> list[str]:
 
 def test_study_runs_the_analysis_and_logs_it(task1):
     work, summary = task1
-    res = summary["analysis"]
+    assert summary["analysis"].task == "task1"
     out = work / "analysis" / "tiny-task1"
     names = {p.name for p in out.iterdir()}
     for f in ("summary.csv", "summary.md", "paired_exp_vs_relu.csv", "per_run.csv", "fig2_task1.png", "fig2_task1.pdf",
