@@ -209,7 +209,13 @@ def analyze_study(
         if not rows:
             raise ValueError(f"no run of study {study!r} could be analysed ({len(skipped)} skipped)")
 
+        from models import GRID
+
+        order = {a: i for i, a in enumerate(GRID)}
         per_run = pd.DataFrame(rows)
+        per_run = per_run.sort_values(
+            ["architecture", "activation", "seed"], key=lambda c: c.map(order) if c.name == "architecture" else c, ascending=[True, False, True]
+        ).reset_index(drop=True)  # grid order, relu before exp
         metrics_list = CLASS_METRICS + INTERP_METRICS[task]
         summary = aggregate(per_run[per_run["selected"]], metrics_list)
         paired = paired_exp_vs_relu(per_run, metrics_list)

@@ -13,7 +13,8 @@ def aggregate(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     mean, std = g.mean(), g.std(ddof=0)
     out = pd.concat({"mean": mean, "std": std, "n": g.count().iloc[:, :1].rename(columns=lambda _: "runs")}, axis=1)
     out.columns = [f"{m}_{stat}" if stat != "n" else "runs" for stat, m in out.columns]
-    return out.reset_index()
+    cols = [f"{m}_{stat}" for m in metrics for stat in ("mean", "std")] + ["runs"]
+    return out[cols].reset_index()
 
 
 def paired_exp_vs_relu(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
