@@ -99,13 +99,11 @@ def check_data_path(cfg: StudyConfig) -> Path | None:
 
 
 def ensure_dataset(cfg: StudyConfig, workdir: Path, echo: Echo) -> Path:
-    """The dataset's absolute path; generated (with progress) when the config names no path."""
+    """The generated dataset's absolute path (for a config without ``data.path``; check an explicit
+    path with :func:`check_data_path`), generated with progress when missing."""
     from analysis.datasets import write_dataset
     from study.simulate import simulate
 
-    explicit = check_data_path(cfg)
-    if explicit:
-        return explicit
     path = default_data_path(cfg, workdir).resolve()
     if path.is_file():
         return path
@@ -298,11 +296,11 @@ def close_launch(launch: Launch, cfg: StudyConfig, echo: Echo) -> dict:
     parent FINISHED when every grid cell has a finished, failed or diverged run, else KILLED."""
     c = tracking.client(launch.tracking_uri)
     runs = tracking.child_runs(c, launch.experiment_id, launch.parent_run_id)
-    killed = tracking.mark_unfinished(c, runs, "KILLED")
-    runs = tracking.child_runs(c, launch.experiment_id, launch.parent_run_id)
-    ended = {r.data.tags.get("mlflow.runName") for r in runs if r.info.status in ("FINISHED", "FAILED")}
+    killed = set(tracking.mark_unfinished(c, runs, "KILLED"))
+    status = {r.info.run_id: "KILLED" if r.info.run_id in killed else r.info.status for r in runs}
+    ended = {r.data.tags.get("mlflow.runName") for r in runs if status[r.info.run_id] in ("FINISHED", "FAILED")}
     complete = _expected_cells(cfg) <= ended
-    counts = {s: sum(r.info.status == s for r in runs) for s in ("FINISHED", "FAILED", "KILLED")}
+    counts = {s: sum(v == s for v in status.values()) for s in ("FINISHED", "FAILED", "KILLED")}
     counts["diverged"] = sum(r.data.tags.get(tracking.TAG_OUTCOME) == "diverged" for r in runs)
     from mlflow.entities import RunTag
 
@@ -337,11 +335,11 @@ def run_study(
         tracking.check_tracking_uri(uri)
     if ray_address:
         check_ray_address(ray_address)
-    check_data_path(cfg)
+    explicit_data = check_data_path(cfg)
     workdir.mkdir(exist_ok=True)
     (workdir / "studies").mkdir(exist_ok=True)
     _check_not_running(workdir, cfg.name)
-    data_path = ensure_dataset(cfg, workdir, echo)
+    data_path = explicit_data or ensure_dataset(cfg, workdir, echo)
 
     c = tracking.client(uri)
     artifact_root = (workdir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None

@@ -93,7 +93,9 @@ def _open_child_run(c, trk: dict, trial_id: str, cfg: StudyConfig, cell: dict, d
             tracking.TAG_NODE: ray.get_runtime_context().get_node_id(),
         },
     )
-    tracking.TrialLogger(c, run.info.run_id).log({}, params=trial_params(cfg, cell, dataset_hash))
+    from mlflow.entities import Param
+
+    c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial_params(cfg, cell, dataset_hash).items()])
     return run.info.run_id
 
 
