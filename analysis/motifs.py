@@ -24,6 +24,9 @@ SIMULATION_RELEASE = "JASPAR2016"
 #: The release the paper's TomTom database came from (JASPAR 2020 CORE, all taxa, all versions).
 ANALYSIS_RELEASE = "JASPAR2020"
 
+#: The site count MEME assumes for a matrix that does not state one (and the one our files state for
+#: filters, whose matrices are not counts).
+DEFAULT_NSITES = 20
 _ID_RE = re.compile(r"^[A-Z]{2}\d{4}(\.\d+)?$")
 
 
@@ -39,11 +42,15 @@ class Motif:
         Human-readable name (the TF for JASPAR motifs).
     pwm : numpy.ndarray
         Probabilities, shape ``(4, L)``, rows A, C, G, T.
+    nsites : float or None
+        The number of sites the matrix was counted from (JASPAR's column total, a MEME file's
+        ``nsites=``), or None when unknown. MEME weighs its pseudocount against it.
     """
 
     id: str
     name: str
     pwm: np.ndarray = field(repr=False)
+    nsites: float | None = None
 
     @property
     def width(self) -> int:
@@ -55,7 +62,7 @@ class Motif:
         return self.id.split(".")[0]
 
     def reverse_complement(self) -> "Motif":
-        return Motif(self.id, self.name, reverse_complement(self.pwm))
+        return Motif(self.id, self.name, reverse_complement(self.pwm), self.nsites)
 
 
 def reverse_complement(pwm: np.ndarray) -> np.ndarray:
@@ -134,7 +141,8 @@ def _jaspar(release: str):
 
 def _from_jaspar(m) -> Motif:
     counts = np.array([m.counts[a] for a in ALPHABET], dtype=np.float64)
-    return Motif(m.matrix_id, m.name, pfm_to_pwm(counts))
+    # the site count as MEME's converters record it: the first column's total, rounded
+    return Motif(m.matrix_id, m.name, pfm_to_pwm(counts), float(round(counts[:, 0].sum())))
 
 
 def fetch_motif(motif_id: str, release: str = SIMULATION_RELEASE) -> Motif:
@@ -202,7 +210,8 @@ def format_meme(motifs: Sequence[Motif], *, precision: int = 6) -> str:
         seen.add(m.id)
         pwm = validate_pwm(m.pwm, m.id)
         header = f"MOTIF {m.id}" + (f" {m.name}" if m.name and m.name != m.id else "")
-        lines += [header, "", f"letter-probability matrix: alength= 4 w= {pwm.shape[1]} nsites= 20 E= 0"]
+        nsites = DEFAULT_NSITES if m.nsites is None else m.nsites
+        lines += [header, "", f"letter-probability matrix: alength= 4 w= {pwm.shape[1]} nsites= {nsites:g} E= 0"]
         lines += [" ".join(f"{v:.{precision}f}" for v in col) for col in pwm.T]
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -253,6 +262,11 @@ def read_meme(path: str | os.PathLike) -> list[Motif]:
             raise ValueError(f"{path}: motif {mid!r} has no letter-probability matrix")
         m = re.search(r"w=\s*(\d+)", lines[i])
         width = int(m.group(1)) if m else None
+        m = re.search(r"nsites=\s*(\S+)", lines[i])
+        try:
+            nsites = float(m.group(1)) if m else None
+        except ValueError:
+            raise ValueError(f"{path}: motif {mid!r}: malformed nsites= {m.group(1)!r}") from None
         i += 1
         rows: list[list[float]] = []
         while i < len(lines):
@@ -275,7 +289,7 @@ def read_meme(path: str | os.PathLike) -> list[Motif]:
         if width is not None and len(rows) != width:
             raise ValueError(f"{path}: motif {mid!r}: header says w= {width} but {len(rows)} rows follow")
         pwm = validate_pwm(np.array(rows, dtype=np.float64).T.reshape(4, -1), mid)
-        motifs.append(Motif(mid, name, pwm))
+        motifs.append(Motif(mid, name, pwm, nsites))
     if not motifs:
         raise ValueError(f"{path} holds no MOTIF entries")
     return motifs

@@ -19,6 +19,7 @@ def test_fetch_motif_pfm_to_pwm_by_hand():
     assert m.name == "Arid3a" and m.pwm.shape == (4, 6)
     np.testing.assert_allclose(m.pwm[:, 2], np.array([1, 9, 0, 17]) / 27)
     np.testing.assert_allclose(m.pwm.sum(axis=0), 1.0)
+    assert m.nsites == 27  # the site count MEME weighs its pseudocount against
 
 
 def test_reverse_complement_by_hand():
@@ -61,6 +62,7 @@ def test_meme_round_trip_and_memelite(tmp_path):
     back = read_meme(path)
     assert [m.id for m in back] == [m.id for m in motifs]
     assert [m.name for m in back] == [m.name for m in motifs]
+    assert [m.nsites for m in back] == [m.nsites for m in motifs]
     for a, b in zip(motifs, back):
         np.testing.assert_allclose(b.pwm, a.pwm, atol=5e-7)
     # Writing what was read gives the same bytes: a fixed point.
@@ -76,6 +78,12 @@ def test_meme_round_trip_and_memelite(tmp_path):
 def test_reads_meme_suite_file_from_reference(reference_dir):
     motifs = read_meme(reference_dir / "tomtom" / "targets_jaspar2020_core_all_versions.meme")
     assert len(motifs) == 1964
+    # that file was written from pyjaspar by another tool; its site counts are our loader's
+    ours = {m.id: m for m in fetch_collection("JASPAR2020", all_versions=True)}
+    assert all(m.nsites == ours[m.id].nsites for m in motifs)
+    assert motifs[0].id == "MA0001.1" and motifs[0].nsites == 97
+    # a filter (not counts) gets MEME's default site count when written
+    assert "nsites= 20 " in format_meme([Motif("f0", "f0", np.full((4, 3), 0.25))])
 
 
 def _write(tmp_path, body):
@@ -93,6 +101,7 @@ def _write(tmp_path, body):
         ("MOTIF m4\nletter-probability matrix: alength= 4 w= 2\n0.25 0.25 0.5\n", "m4.*3 values"),
         ("MOTIF m5\nletter-probability matrix: alength= 4 w= 3\n0.25 0.25 0.25 0.25\n", "m5.*w= 3 but 1"),
         ("MOTIF m6\nletter-probability matrix: alength= 4 w= 1\n0.25 x 0.25 0.25\n", "m6.*not a row"),
+        ("MOTIF m7\nletter-probability matrix: alength= 4 w= 1 nsites= many\n0.25 0.25 0.25 0.25\n", "m7.*nsites"),
     ],
 )
 def test_malformed_meme_names_the_motif(tmp_path, body, match):
