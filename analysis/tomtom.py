@@ -1,27 +1,33 @@
 """Motif comparison with MEME's TomTom statistics (Gupta et al. 2007) and Pearson column scores.
 
-The paper matched first-layer filters to JASPAR with ``tomtom -dist pearson -thresh 0.1``. This module
-computes what that command computes, written from the published algorithm and MEME's documentation:
+The paper matched first-layer filters to JASPAR with ``tomtom -dist pearson -thresh 0.1`` (MEME
+Suite 5). This module computes what that command computes, written from the published algorithm and
+MEME's documentation, and checked against MEME 5.4.1's own output (``tests/test_tomtom.py``: p-values
+equal to MEME's printed precision, the same significant pairs, offsets and orientations):
 
-1. **Column scores.** Every query column against every column of every target, both strands
+1. **Motifs as MEME reads them.** Columns are rescaled if off 1 by more than 1e-5, then the
+   pseudocount (``-motif-pseudo``, 0.1) is added against the motif's site count with a uniform
+   background.
+2. **Column scores.** Every query column against every column of every target, both strands
    (targets' reverse complements are targets too): Pearson correlation of the two 4-vectors
    (0 where a column has no variance), or, with ``distance="ed"``, minus their Euclidean distance.
-2. **Complete scores.** For each query column, its scores are shifted by their median over all
+3. **Complete scores.** For each query column, its scores are shifted by their median over all
    target columns of the database, so a query column left unaligned contributes 0 (a typical
    score). The shifted scores of the whole query are discretised together to integers
-   ``0 .. 100`` (``BINS``).
-3. **Null distribution.** The empirical distribution of each query column's discretised scores over
+   ``0 .. 100`` (``BINS``) with an integer offset (the smallest score rounded down) and an integer
+   scale, as MEME 5 does.
+4. **Null distribution.** The empirical distribution of each query column's discretised scores over
    all target columns is its null; the null of an alignment covering query columns ``i..j`` is the
    convolution of those columns' distributions.
-4. **Best alignment.** For a target (one strand), every offset with at least ``min_overlap``
+5. **Best alignment.** For a target (one strand), every offset with at least ``min_overlap``
    overlapping columns is scored by the sum of its shifted scores; the best offset maximises it
    (ties: larger overlap, then the first offset).
-5. **p-value.** The probability that the best of all ``2 (w_q + w_t - 1)`` alignments of a random
+6. **p-value.** The probability that the best of all ``2 (w_q + w_t - 1)`` alignments of a random
    target of the same width (both orientations, alignments independent) scores at least as well:
-   for two orientations alone this is ``1 - (1 - p)^2``.
-6. **E-value** = p × number of targets; **q-value** per query over all ``2N`` strand entries
-   (Benjamini–Hochberg, i.e. Storey's method with π₀ = 1, which MEME's bootstrap estimate is close to
-   for this use); the best strand entry of each target is reported.
+   for two orientations alone this is ``1 - (1 - p)^2``. Kept in single precision, as MEME does.
+7. **E-value** = p × number of targets; **q-value** per query over all ``2N`` strand entries:
+   Storey's method with π₀ estimated by bootstrap (MEME's grid of λ and bootstrap sizes, our own
+   seeded generator); the best strand entry of each target is reported.
 
 Array shapes: motifs are ``(4, L)`` probability matrices, rows A, C, G, T.
 """
@@ -36,10 +42,14 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from analysis.motifs import Motif, fetch_collection, read_meme, reverse_complement, validate_pwm
+from analysis.motifs import DEFAULT_NSITES, Motif, fetch_collection, read_meme, validate_pwm
 
 BINS = 100
 DISTANCES = ("pearson", "ed")
+#: MEME's ``-motif-pseudo`` default.
+PSEUDOCOUNT = 0.1
+#: Columns whose sum is off 1 by more than this are rescaled when read (as MEME does).
+NORMALISE_TOLERANCE = 1e-5
 
 MotifsLike = Union[str, os.PathLike, Sequence[Motif], Sequence[np.ndarray], np.ndarray]
 
@@ -67,7 +77,7 @@ def as_motifs(motifs: MotifsLike, *, prefix: str = "motif") -> list[Motif]:
     out = []
     for i, m in enumerate(motifs):
         if isinstance(m, Motif):
-            out.append(Motif(m.id, m.name, validate_pwm(m.pwm, m.id)))
+            out.append(Motif(m.id, m.name, validate_pwm(m.pwm, m.id), m.nsites))
         else:
             name = f"{prefix}{i}"
             out.append(Motif(name, name, validate_pwm(m, name)))
@@ -76,40 +86,95 @@ def as_motifs(motifs: MotifsLike, *, prefix: str = "motif") -> list[Motif]:
     return out
 
 
+def _meme_columns(motif: Motif, pseudocount: float) -> np.ndarray:
+    """``(L, 4)`` columns as MEME holds them after reading a motif: columns off 1 by more than
+    ``NORMALISE_TOLERANCE`` rescaled, then the pseudocount added against the motif's site count
+    (``DEFAULT_NSITES`` if unknown) with a uniform background, in MEME's order of operations.
+
+    The pseudocount leaves Pearson scores unchanged in exact arithmetic, but the discretisation
+    floors its offset and scale (see ``_shift_and_scale``), so where a score extreme falls on an
+    integer boundary the last bits decide the bins; following MEME's arithmetic reproduces them."""
+    cols = np.array(motif.pwm.T, dtype=np.float64)
+    total = cols[:, 0] + cols[:, 1] + cols[:, 2] + cols[:, 3]
+    off = (1.0 - NORMALISE_TOLERANCE > total) | (1.0 + NORMALISE_TOLERANCE < total)
+    cols[off] = cols[off] / total[off, None]
+    if pseudocount > 0:
+        sites = int(motif.nsites) if motif.nsites is not None and motif.nsites > 0 else DEFAULT_NSITES
+        cols = (cols * sites + pseudocount * 0.25) / (sites + pseudocount)
+    return cols
+
+
 @dataclass
 class _Targets:
     ids: list[str]
     cols: np.ndarray  # (C, 4) columns of all strand entries, entry 2k = target k, 2k+1 its RC
     starts: np.ndarray  # (2N,) first column of each entry
     lens: np.ndarray  # (2N,)
-    zcols: np.ndarray  # (C, 4) centred, unit-norm columns (Pearson)
+    dev_t: np.ndarray  # (4, C) columns minus 1/4, letters first
+    ss: np.ndarray  # (C,) their sums of squares
 
 
-def _prepare_targets(targets: list[Motif]) -> _Targets:
+def _prepare_targets(targets: list[Motif], pseudocount: float) -> _Targets:
     mats = []
     for t in targets:
-        mats += [t.pwm.T, reverse_complement(t.pwm).T]
+        cols = _meme_columns(t, pseudocount)
+        mats += [cols, cols[::-1, ::-1]]  # the reverse complement: A<->T, C<->G, order reversed
     lens = np.array([m.shape[0] for m in mats], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
     cols = np.ascontiguousarray(np.concatenate(mats), dtype=np.float64)
-    return _Targets([t.id for t in targets], cols, starts, lens, _unit_columns(cols))
+    dev, ss = _deviations(cols)
+    return _Targets([t.id for t in targets], cols, starts, lens, np.ascontiguousarray(dev.T), ss)
 
 
-def _unit_columns(cols: np.ndarray) -> np.ndarray:
-    """Columns centred on 1/4 and scaled to unit length (zero where a column has no variance), so
-    a dot product is the Pearson correlation."""
-    c = cols - 0.25
-    norm = np.sqrt((c * c).sum(axis=1, keepdims=True))
-    return np.where(norm > 1e-12, c / np.where(norm > 1e-12, norm, 1.0), 0.0)
+def _deviations(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Columns minus the uniform 1/4 and their sums of squares, summed A, C, G, T in order."""
+    dev = np.ascontiguousarray(cols - 0.25)
+    sq = dev * dev
+    return dev, ((sq[:, 0] + sq[:, 1]) + sq[:, 2]) + sq[:, 3]
+
+
+@njit(cache=True, error_model="numpy")
+def _pearson(qdev, qss, tdev_t, tss):
+    """``(w, C)`` Pearson correlations, 0 where either column has no variance. ``tdev_t`` is
+    ``(4, C)``: letters first, so the inner loop runs over contiguous target columns (SIMD)."""
+    w, c = qdev.shape[0], tdev_t.shape[1]
+    out = np.empty((w, c))
+    t0, t1, t2, t3 = tdev_t[0], tdev_t[1], tdev_t[2], tdev_t[3]
+    for i in range(w):
+        q0, q1, q2, q3, s = qdev[i, 0], qdev[i, 1], qdev[i, 2], qdev[i, 3], qss[i]
+        row = out[i]
+        for j in range(c):
+            row[j] = (((q0 * t0[j] + q1 * t1[j]) + q2 * t2[j]) + q3 * t3[j]) / math.sqrt(s * tss[j])
+        if s == 0.0:
+            row[:] = 0.0
+    for j in range(c):
+        if tss[j] == 0.0:
+            out[:, j] = 0.0
+    return out
+
+
+@njit(cache=True)
+def _neg_euclidean(q, t):
+    """``(w, C)`` minus the Euclidean distances."""
+    w, c = q.shape[0], t.shape[0]
+    out = np.empty((w, c))
+    for i in range(w):
+        for j in range(c):
+            d = 0.0
+            for a in range(4):
+                x = q[i, a] - t[j, a]
+                d += x * x
+            out[i, j] = -math.sqrt(d)
+    return out
 
 
 def _column_scores(query: np.ndarray, t: _Targets, distance: str) -> np.ndarray:
-    """``(w, C)`` similarity of every query column with every target column."""
-    q = np.ascontiguousarray(query.T, dtype=np.float64)  # (w, 4)
+    """``(w, C)`` similarity of every query column (``(w, 4)``, as ``_meme_columns`` gives) with
+    every target column."""
     if distance == "pearson":
-        return _unit_columns(q) @ t.zcols.T
-    d2 = (q * q).sum(1)[:, None] + (t.cols * t.cols).sum(1)[None, :] - 2.0 * q @ t.cols.T
-    return -np.sqrt(np.maximum(d2, 0.0))
+        qdev, qss = _deviations(query)
+        return _pearson(qdev, qss, t.dev_t, t.ss)
+    return _neg_euclidean(np.ascontiguousarray(query), t.cols)
 
 
 # --------------------------------------------------------------------------------- compiled core
@@ -120,58 +185,68 @@ def _nint(x):
     return math.floor(x + 0.5) if x >= 0 else -math.floor(-x + 0.5)
 
 
-@njit(cache=True)
-def _kth_smallest(v, k, nbins=2048):
-    """The k-th smallest value (0-based) of ``v``: a histogram pass finds the bin that holds it,
-    then only that bin's values are sorted."""
-    lo, hi = v.min(), v.max()
+@njit(cache=True, error_model="numpy")
+def _middle_pair(row, lo, hi, k1, k2, nbins=4096):
+    """Mean of the k1-th and k2-th smallest values (0-based, k1 <= k2) of ``row``, whose values lie
+    in [lo, hi]: one histogram pass finds the bins that hold those ranks, then only those bins'
+    values are sorted."""
     if hi <= lo:
         return lo
-    width = (hi - lo) / nbins
+    inv = nbins / (hi - lo)
     counts = np.zeros(nbins + 1, np.int64)
-    for x in v:
-        counts[min(int((x - lo) / width), nbins)] += 1
-    below = 0
-    b = 0
-    while below + counts[b] <= k:
-        below += counts[b]
-        b += 1
-    members = np.empty(counts[b])
+    for x in row:
+        counts[min(int((x - lo) * inv), nbins)] += 1
+    below1, b1 = 0, 0
+    while below1 + counts[b1] <= k1:
+        below1 += counts[b1]
+        b1 += 1
+    below2, b2 = below1, b1
+    while below2 + counts[b2] <= k2:
+        below2 += counts[b2]
+        b2 += 1
+    members = np.empty(counts[b1 : b2 + 1].sum())
     n = 0
-    for x in v:
-        if min(int((x - lo) / width), nbins) == b:
+    for x in row:
+        b = min(int((x - lo) * inv), nbins)
+        if b1 <= b <= b2:
             members[n] = x
             n += 1
     members.sort()
-    return members[k - below]
+    return (members[k1 - below1] + members[k2 - below1]) / 2.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _shift_and_scale(raw, bins):
     """Shift every row by MEME's quantile 0.5 (the midpoint of the sorted values at 1-based ranks
-    floor(C/2) and ceil(C/2)), then discretise the whole matrix to integers 0..bins.
-    Returns (scaled, smallest shifted score, scale)."""
+    floor(C/2) and ceil(C/2)), then discretise the whole matrix to integers 0..bins as MEME 5 does:
+    the offset is the smallest shifted score rounded down to an integer and the scale
+    ``floor(bins / (largest - offset))``, so offset x scale is an integer and every bin holds 1/scale.
+    Returns (scaled, offset, scale)."""
     w, c = raw.shape
-    lo_rank = int(math.floor(0.5 * c)) - 1
-    hi_rank = int(math.ceil(0.5 * c)) - 1
-    shifted = np.empty((w, c))
+    k1 = int(math.floor(0.5 * c)) - 1
+    k2 = int(math.ceil(0.5 * c)) - 1
+    med = np.empty(w)
+    small, large = np.inf, -np.inf
     for i in range(w):
         row = raw[i]
-        m_lo = _kth_smallest(row, lo_rank)
-        m_hi = m_lo if hi_rank == lo_rank else _kth_smallest(row, hi_rank)
-        med = (m_lo + m_hi) / 2.0
-        for j in range(c):
-            shifted[i, j] = row[j] - med
-    small, large = shifted.min(), shifted.max()
-    scale = bins / (large - small) if large > small else 1.0
-    scaled = np.empty((w, c), np.int64)
+        lo, hi = row.min(), row.max()
+        med[i] = _middle_pair(row, lo, hi, k1, k2)
+        # subtracting a constant is monotone in floating point, so these are the shifted extremes
+        small = min(small, lo - med[i])
+        large = max(large, hi - med[i])
+    if large == small:
+        small = large - 1.0
+    small = math.floor(small)
+    scale = float(math.floor(bins / (large - small)))
+    scaled = np.empty((w, c), np.int32)
     for i in range(w):
+        m, row, out = med[i], raw[i], scaled[i]
         for j in range(c):
-            scaled[i, j] = min(max(int(math.floor((shifted[i, j] - small) * scale + 0.5)), 0), bins)
+            out[j] = min(max(np.int32(math.floor(((row[j] - m) - small) * scale + 0.5)), 0), bins)
     return scaled, small, scale
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _range_pmfs(scaled, bins):
     """pmf[s, e, :] of the sum of query columns s..e, each column an independent draw from its
     scores over all target columns."""
@@ -202,7 +277,7 @@ def _range_pmfs(scaled, bins):
     return pmfs
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _best_alignments(scaled, starts, lens, shift, min_overlap):
     """For every strand entry: the best complete (shifted, discretised) score, its configuration
     (1 .. w + len - 1) and overlap. ``shift`` = offset * scale of the discretisation."""
@@ -238,7 +313,7 @@ def _best_alignments(scaled, starts, lens, shift, min_overlap):
     return best, best_cfg, best_ov
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _log_cdfs(pmfs, shift, ext_len):
     """log P(X_se < k) on the extended score grid for every alignment X_se of query columns s..e;
     the unaligned query columns contribute their (median-shifted) score 0, which on the
@@ -261,7 +336,7 @@ def _log_cdfs(pmfs, shift, ext_len):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _max_alignment_pv(log_cdfs, target_len):
     """P(best of the 2 (w + len - 1) alignments of a random target of width ``target_len`` scores
     >= k) for every extended index k: 1 - prod_i P(X_i < k)^2, the alignments independent."""
@@ -286,22 +361,63 @@ def _max_alignment_pv(log_cdfs, target_len):
 # ---------------------------------------------------------------------------------- statistics
 
 
-def qvalues(p: np.ndarray, overlap: np.ndarray | None = None) -> np.ndarray:
-    """Benjamini–Hochberg q-values (Storey with π₀ = 1) of one query's p-values: q(i) = min over
-    j >= i of p(j) m / j in ascending order, capped at 1."""
+#: Storey's π₀ estimate as MEME's q-values make it: lambdas 0.005 .. 0.5, 100 bootstraps of 1,000.
+PI0_LAMBDAS = (np.arange(1, 101) / 100.0) * 0.5
+PI0_BOOTSTRAPS = 100
+PI0_BOOTSTRAP_SIZE = 1000
+PI0_MIN_VALUES = 100
+
+
+def storey_pi0(p: np.ndarray, *, seed: int = 0) -> float:
+    """Storey's (2002) bootstrap estimate of the fraction of true nulls among ``p``.
+
+    π₀(λ) = #{p >= λ} / ((1 - λ) m) is computed on a grid of λ; the plug-in value is its minimum;
+    λ is chosen to minimise the bootstrap mean squared error of π₀(λ) against the plug-in value
+    (``PI0_BOOTSTRAPS`` resamples of ``PI0_BOOTSTRAP_SIZE`` p-values, numpy generator seeded with
+    ``seed``), and π₀ at that λ, clipped to [0, 1], is returned. ``PI0_MIN_VALUES`` or fewer
+    p-values give 1 (no estimate)."""
+    p = np.sort(np.asarray(p, dtype=np.float64))
+    m = p.size
+    if m <= PI0_MIN_VALUES:
+        return 1.0
+    first_at = np.searchsorted(p, PI0_LAMBDAS, side="left")  # p[first_at[j]:] are >= lambda_j
+    with np.errstate(divide="ignore"):
+        pi0 = np.where(first_at == m, np.inf, (m - first_at) / ((1.0 - PI0_LAMBDAS) * m))
+    plug_in = pi0.min()
+    # a resampled p-value p[i] counts towards lambda_j exactly when i >= first_at[j]: bucket each
+    # index by how many lambdas it reaches, histogram the buckets per bootstrap, cumulate from the top
+    n_lam = PI0_LAMBDAS.size
+    reach = np.searchsorted(first_at, np.arange(m), side="right")  # (m,) in 0..n_lam
+    draws = np.random.default_rng(seed).integers(0, m, size=(PI0_BOOTSTRAPS, PI0_BOOTSTRAP_SIZE))
+    rows = np.arange(PI0_BOOTSTRAPS)[:, None] * (n_lam + 1)
+    hist = np.bincount((reach[draws] + rows).ravel(), minlength=PI0_BOOTSTRAPS * (n_lam + 1))
+    hist = hist.reshape(PI0_BOOTSTRAPS, n_lam + 1)
+    count_ge = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (B, n_lam): reach > j
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = np.where(count_ge == 0, np.inf, count_ge / ((1.0 - PI0_LAMBDAS) * PI0_BOOTSTRAP_SIZE))
+        mse = ((boot - plug_in) ** 2).sum(axis=0)
+    return float(np.clip(pi0[int(np.argmin(mse))], 0.0, 1.0))
+
+
+def qvalues(p: np.ndarray, overlap: np.ndarray | None = None, *, pi0: float = 1.0) -> np.ndarray:
+    """Storey q-values of one query's p-values: q(i) = min over j >= i of π₀ p(j) m / j in
+    ascending order, capped at 1 (π₀ = 1 is Benjamini–Hochberg)."""
     p = np.asarray(p, dtype=np.float64)
     m = p.size
     order = np.lexsort((-overlap, p)) if overlap is not None else np.argsort(p, kind="stable")
-    q_sorted = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    q_sorted = np.minimum.accumulate(np.minimum(pi0 * p[order] * m / np.arange(1, m + 1), 1.0)[::-1])[::-1]
     q = np.empty(m)
-    q[order] = np.minimum(q_sorted, 1.0)
+    q[order] = q_sorted
     return q
 
 
-def _query_table(query: Motif, t: _Targets, distance: str, min_overlap: int) -> dict[str, np.ndarray]:
+def _query_table(
+    query: Motif, t: _Targets, distance: str, min_overlap: int, pseudocount: float
+) -> dict[str, np.ndarray]:
     w = query.width
-    scaled, small, scale = _shift_and_scale(_column_scores(query.pwm, t, distance), BINS)
-    shift = small * scale  # <= 0: the median shift makes the smallest score negative
+    raw = _column_scores(_meme_columns(query, pseudocount), t, distance)
+    scaled, small, scale = _shift_and_scale(raw, BINS)
+    shift = small * scale  # an integer <= 0: the median shift makes the smallest score negative
     best, cfg, overlap = _best_alignments(scaled, t.starts, t.lens, shift, int(min_overlap))
     ext_len = int(math.ceil(w * BINS + 1 - (w - 1) * shift))
     log_cdfs = _log_cdfs(_range_pmfs(scaled, BINS), shift, ext_len)
@@ -310,7 +426,8 @@ def _query_table(query: Motif, t: _Targets, distance: str, min_overlap: int) -> 
     for length in np.unique(t.lens):
         sel = t.lens == length
         p[sel] = _max_alignment_pv(log_cdfs, int(length))[index[sel]]
-    q = qvalues(p, overlap)
+    p = p.astype(np.float32).astype(np.float64)  # MEME keeps p-values in single precision
+    q = qvalues(p, overlap, pi0=storey_pi0(p))
     # the best strand entry of each target: lower p, then larger overlap, then forward
     fwd, rev = slice(0, None, 2), slice(1, None, 2)
     take_rev = (p[rev] < p[fwd]) | ((p[rev] == p[fwd]) & (overlap[rev] > overlap[fwd]))
@@ -324,6 +441,19 @@ def _query_table(query: Motif, t: _Targets, distance: str, min_overlap: int) -> 
     }
 
 
+def _meme_order(table) -> np.ndarray:
+    """Row order of a pairs table: queries in first-appearance order, within a query MEME's."""
+    qrank = {q: i for i, q in enumerate(dict.fromkeys(table["query_id"]))}
+    keys = (
+        table["target_id"].to_numpy(),
+        table["orientation"].to_numpy(),
+        -table["overlap"].to_numpy(),
+        table["p_value"].to_numpy(),
+        table["query_id"].map(qrank).to_numpy(),
+    )
+    return np.lexsort(keys)
+
+
 @dataclass
 class TomtomResult:
     """All (query, target) pairs: ``table`` is a DataFrame with columns query_id, target_id, offset,
@@ -332,10 +462,12 @@ class TomtomResult:
     table: "object"
 
     def significant(self, threshold: float = 0.1) -> "object":
-        """Pairs with q <= ``threshold`` (the paper's ``-thresh 0.1``), best first within a query."""
+        """Pairs with q <= ``threshold`` (the paper's ``-thresh 0.1``), best first within a query
+        (MEME's order: p-value, then larger overlap, then forward strand, then target ID)."""
         t = self.table
         out = t[t["q_value"] <= threshold]
-        return out.sort_values(["query_id", "p_value"], kind="stable").reset_index(drop=True)
+        order = _meme_order(out)
+        return out.iloc[order].reset_index(drop=True)
 
     def hits(self, threshold: float = 0.1) -> dict[str, list[str]]:
         """Per query, the target IDs with q <= ``threshold``, best first ([] when none)."""
@@ -352,6 +484,7 @@ def tomtom(
     *,
     distance: str = "pearson",
     min_overlap: int = 1,
+    pseudocount: float = PSEUDOCOUNT,
 ) -> TomtomResult:
     """Compare every query motif with every target motif (both strands), as MEME's
     ``tomtom -dist pearson`` (default) or ``-dist ed``.
@@ -365,6 +498,10 @@ def tomtom(
         ``"pearson"`` (the paper) or ``"ed"`` (Euclidean, MEME's and memelite's default).
     min_overlap
         Minimum number of overlapping columns (MEME's default 1).
+    pseudocount
+        MEME's ``-motif-pseudo`` (default 0.1), added to every motif against its site count
+        (``Motif.nsites``, MEME files' ``nsites=``, 20 when unknown). It moves Euclidean scores;
+        Pearson scores only in their last bits.
 
     Returns
     -------
@@ -377,12 +514,14 @@ def tomtom(
         raise ValueError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
     if min_overlap < 1:
         raise ValueError(f"min_overlap must be >= 1, got {min_overlap}")
+    if not pseudocount >= 0:
+        raise ValueError(f"pseudocount must be >= 0, got {pseudocount}")
     qs = as_motifs(queries, prefix="query")
     ts = as_motifs(targets, prefix="target")
-    t = _prepare_targets(ts)
+    t = _prepare_targets(ts, pseudocount)
     parts = []
     for q in qs:
-        cols = _query_table(q, t, distance, min_overlap)
+        cols = _query_table(q, t, distance, min_overlap, pseudocount)
         cols["e_value"] = cols["p_value"] * len(ts)
         parts.append(pd.DataFrame({"query_id": q.id, "target_id": t.ids, **cols}))
     table = pd.concat(parts, ignore_index=True)
