@@ -187,15 +187,15 @@ def ui_cmd(
 ) -> None:
     """Start the MLflow UI on the workdir's store."""
     import os
-    import shutil
 
     db = workdir / "mlflow.db"
     if not db.is_file():
         raise FileNotFoundError(f"{db} does not exist; run a study with --workdir {workdir} first")
-    exe = shutil.which("mlflow") or "mlflow"
     uri = f"sqlite:///{db.resolve()}"
     echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl+C stops it")
-    os.execvp(exe, [exe, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])
+    # the mlflow of this interpreter, whether or not its venv's bin/ is on PATH
+    args = ["-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    os.execv(sys.executable, [sys.executable, *args])
 
 
 def main(argv: Optional[list[str]] = None) -> None:
