@@ -211,7 +211,8 @@ def format_meme(motifs: Sequence[Motif], *, precision: int = 6) -> str:
         pwm = validate_pwm(m.pwm, m.id)
         header = f"MOTIF {m.id}" + (f" {m.name}" if m.name and m.name != m.id else "")
         nsites = DEFAULT_NSITES if m.nsites is None else m.nsites
-        lines += [header, "", f"letter-probability matrix: alength= 4 w= {pwm.shape[1]} nsites= {nsites:g} E= 0"]
+        nsites = int(nsites) if float(nsites).is_integer() else repr(float(nsites))  # exact: reads back equal
+        lines += [header, "", f"letter-probability matrix: alength= 4 w= {pwm.shape[1]} nsites= {nsites} E= 0"]
         lines += [" ".join(f"{v:.{precision}f}" for v in col) for col in pwm.T]
         lines.append("")
     return "\n".join(lines) + "\n"

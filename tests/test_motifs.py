@@ -86,6 +86,14 @@ def test_reads_meme_suite_file_from_reference(reference_dir):
     assert "nsites= 20 " in format_meme([Motif("f0", "f0", np.full((4, 3), 0.25))])
 
 
+def test_site_counts_round_trip_exactly(tmp_path):
+    """Large and fractional site counts come back equal (6 significant digits would round 1234567)."""
+    flat = np.full((4, 2), 0.25)
+    motifs = [Motif(f"m{i}", f"m{i}", flat, n) for i, n in enumerate([1234567.0, 20.5, None])]
+    back = read_meme(write_meme(motifs, tmp_path / "n.meme"))
+    assert [m.nsites for m in back] == [1234567.0, 20.5, 20.0]
+
+
 def _write(tmp_path, body):
     p = tmp_path / "bad.meme"
     p.write_text("MEME version 4\n\nALPHABET= ACGT\n\n" + body)
