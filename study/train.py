@@ -1,8 +1,9 @@
 """The training recipe (method.md §2 with SPEC's decisions), as a resumable epoch-by-epoch trainer.
 
-Adam (lr 1e-3, Keras' epsilon 1e-7), batch 100, binary cross-entropy on logits, ReduceLROnPlateau
-(factor 0.2, patience 4, min_lr 1e-7, Keras' min_delta 1e-4) and early stopping (patience 10, always
-restore the best epoch's weights) on one validation metric.
+Adam (lr 1e-3, Keras' epsilon 1e-7), batch 100, binary cross-entropy on logits, Keras'
+ReduceLROnPlateau (factor 0.2, patience 4, min_lr 1e-7, min_delta 1e-4, cooldown 0; see
+:class:`KerasPlateau`) and early stopping (patience 10, always restore the best epoch's weights) on one
+validation metric.
 
 The whole dataset lives on the trial's device as tensors; batches are index slices of a per-epoch
 permutation. Inside the step loop nothing is copied to the host: the loss and the training logits are
@@ -55,6 +56,50 @@ class TrainConfig:
         return "min" if self.monitor.endswith("loss") else "max"
 
 
+class KerasPlateau:
+    """Keras' ``ReduceLROnPlateau`` (cooldown 0), the reference's schedule, as a small state machine.
+
+    After each epoch, :meth:`step` compares the monitored value with the best so far: an improvement
+    (``value > best + min_delta`` in ``max`` mode, ``value < best - min_delta`` in ``min`` mode) resets
+    the wait counter; otherwise the counter grows, and when it reaches ``patience`` the rate is
+    multiplied by ``factor`` (not below ``min_lr``) and the counter restarts. So with patience 4 the
+    rate drops after exactly the 4th epoch without improvement, and again 4 epochs later. PyTorch's
+    ``ReduceLROnPlateau`` drops only when the counter *exceeds* patience: one epoch later than Keras.
+    A non-finite value never counts as an improvement.
+    """
+
+    def __init__(self, lr: float, *, mode: str, factor: float, patience: int, min_lr: float, min_delta: float):
+        if mode not in ("min", "max"):
+            raise ValueError(f"unknown mode {mode!r}; choose min or max")
+        self.lr, self.mode, self.factor, self.patience = float(lr), mode, factor, patience
+        self.min_lr, self.min_delta = min_lr, min_delta
+        self.best = math.inf if mode == "min" else -math.inf
+        self.wait = 0
+
+    def _improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def step(self, value: float) -> float:
+        """Record one epoch's monitored value; return the learning rate for the next epoch."""
+        if math.isfinite(value) and self._improved(value):
+            self.best, self.wait = value, 0
+            return self.lr
+        self.wait += 1
+        if self.wait >= self.patience:
+            if self.lr > np.float32(self.min_lr):  # Keras compares against the float32 min_lr
+                self.lr = max(self.lr * self.factor, self.min_lr)
+            self.wait = 0
+        return self.lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr, self.best, self.wait = float(state["lr"]), float(state["best"]), int(state["wait"])
+
+
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -90,14 +135,13 @@ class Trainer:
         self.data, self.config = data, config
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer,
+        self.plateau = KerasPlateau(
+            config.lr,
             mode=config.mode,
             factor=config.plateau_factor,
             patience=config.plateau_patience,
             min_lr=config.min_lr,
-            threshold=config.plateau_min_delta,
-            threshold_mode="abs",
+            min_delta=config.plateau_min_delta,
         )
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.epoch = 0
@@ -177,7 +221,8 @@ class Trainer:
             patience = self.config.early_stopping_patience
             if patience is not None and self.bad_epochs >= patience:
                 self.stopped_early = True
-        self.scheduler.step(value if math.isfinite(value) else (0.0 if self.config.mode == "max" else math.inf))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.plateau.step(value)
         metrics.update(epoch=self.epoch, lr=lr, best_epoch=self.best_epoch)
         return metrics
 
@@ -202,7 +247,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "plateau": self.plateau.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
@@ -217,7 +262,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.plateau.load_state_dict(state["plateau"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         for k in ("epoch", "best_value", "best_epoch", "best_state", "bad_epochs", "stopped_early"):
