@@ -4,9 +4,10 @@ Task 1 (Koo & Eddy 2019): multi-task TF binding. 12 JASPAR 2016 motifs, each wit
 complement, 1–5 per sequence, 12-label multi-hot.
 
 Task 2 (Koo & Ploenzke 2021): a synthetic regulatory code. Positives carry 3–5 (or 3–7) motifs drawn
-from 5 core motifs (+RC); negatives draw from the core motifs plus 100 background motifs (+RC) of
-JASPAR 2016 CORE vertebrates that are not similar to any core motif (see
-:func:`select_background_motifs`).
+from 5 core motifs (+RC); negatives draw from the core motifs plus background motifs (+RC): by default
+100 JASPAR 2016 CORE vertebrate motifs that are not similar to any core motif (see
+:func:`select_background_motifs`), or with ``background="code"`` the released code's 50
+(:data:`CODE_BACKGROUND_IDS`).
 
 Both generators use one ``numpy.random.Generator`` seeded by the caller, so a seed reproduces the
 data bit for bit (for the pinned numpy).
@@ -40,6 +41,21 @@ SIMILARITY_THRESHOLD = 0.6
 #: The background pool is drawn from the non-similar motifs with this fixed seed, so it is the same
 #: list for every dataset seed (the released code used seed 22).
 BACKGROUND_SELECTION_SEED = 22
+
+#: The released code's Task 2 background motifs (method.md §3.2), in the order its set iteration gave
+#: under CPython 3.11: that order cannot be recomputed portably, so it is stored. Its look-alike
+#: exclusion was ineffective, so ETV5, CEBPG, MLX, ETV3 ... are among them.
+CODE_BACKGROUND_IDS = (
+    "MA0909.1", "MA0004.1", "MA0006.1", "MA0913.1", "MA0663.1", "MA0664.1", "MA0667.1", "MA0668.1",
+    "MA0038.1", "MA0046.2", "MA0682.1", "MA0050.2", "MA0057.1", "MA0063.1", "MA0693.1", "MA0697.1",
+    "MA0701.1", "MA0080.4", "MA0083.3", "MA0084.1", "MA0724.1", "MA0103.2", "MA0124.2", "MA0749.1",
+    "MA0752.1", "MA0754.1", "MA0142.1", "MA0143.3", "MA0757.1", "MA0763.1", "MA0765.1", "MA0160.1",
+    "MA0161.1", "MA0163.1", "MA0164.1", "MA0461.2", "MA0464.2", "MA0786.1", "MA0471.1", "MA0482.1",
+    "MA0489.1", "MA0492.1", "MA0498.2", "MA0823.1", "MA0507.1", "MA0830.1", "MA0513.1", "MA0512.2",
+    "MA0838.1", "MA0593.1",
+)  # fmt: skip
+#: Task 2's background pools: ``filtered`` (SPEC's default) or ``code`` (the released code's).
+BACKGROUNDS = ("filtered", "code")
 
 ProgressFn = Callable[[int, int], None]
 
@@ -240,22 +256,37 @@ def select_background_motifs(
     return tuple(kept[i] for i in order[:num])
 
 
+def task2_background(background: str = "filtered") -> list[Motif]:
+    """Task 2's background motifs: ``filtered`` (:func:`select_background_motifs`, 100 motifs) or
+    ``code`` (the released code's 50, :data:`CODE_BACKGROUND_IDS`, in their stored order)."""
+    if background == "filtered":
+        return list(select_background_motifs())
+    if background == "code":
+        return fetch_motifs(CODE_BACKGROUND_IDS, SIMULATION_RELEASE)
+    raise ValueError(f"unknown background {background!r}; choose one of {', '.join(BACKGROUNDS)}")
+
+
 def simulate_task2(
     *,
     num_seqs: int = TASK2_DEFAULT_NUM_SEQS,
     seed: int = 22,
     max_motifs: int = 5,
+    background: str = "filtered",
     progress: ProgressFn | None = None,
 ) -> Dataset:
-    """Task 2: positives from 5 core motifs (+RC), negatives from core + 100 background motifs (+RC),
-    3–5 motifs per sequence (``max_motifs=7`` for the code's 3–7), half of ``num_seqs`` per class."""
+    """Task 2: positives from 5 core motifs (+RC), negatives from core + background motifs (+RC),
+    3–5 motifs per sequence (``max_motifs=7`` for the code's 3–7), half of ``num_seqs`` per class.
+
+    ``background="filtered"``: 100 motifs not similar to any core motif, a 210-PWM negative pool;
+    ``"code"``: the released code's 50, a 110-PWM negative pool (method.md §3.2).
+    """
     if num_seqs < 10 or num_seqs % 2:
         raise ValueError(f"--num-seqs must be an even number >= 10 (half per class), got {num_seqs}")
     if max_motifs not in (5, 7):
         raise ValueError(f"--max-motifs must be 5 (the paper's 3-5) or 7 (the code's 3-7), got {max_motifs}")
     core = fetch_motifs(TASK2_CORE_MOTIFS.values(), SIMULATION_RELEASE)
-    background = list(select_background_motifs())
-    motifs = core + background
+    background_motifs = task2_background(background)
+    motifs = core + background_motifs
     pwms = _with_reverse_complements(motifs)
     rng = np.random.default_rng(seed)
     values, probs = count_distribution(3, max_motifs)
@@ -267,14 +298,20 @@ def simulate_task2(
     y = np.zeros((num_seqs, 1), dtype=np.float32)
     y[:half] = 1.0
     attrs = _attrs("task2", seed, motifs, num_seqs)
-    attrs.update(
-        core_motif_ids=[m.id for m in core],
-        background_motif_ids=[m.id for m in background],
-        motifs_per_sequence=f"3-{max_motifs}",
-        similarity_rule=(
+    if background == "filtered":
+        rule = (
             f"excluded: core TF names, and best mean column Pearson r >= {SIMILARITY_THRESHOLD} with a core motif "
             f"(either strand, overlap >= {SIMILARITY_MIN_OVERLAP}); chosen with seed {BACKGROUND_SELECTION_SEED}"
-        ),
+        )
+    else:
+        rule = "the released code's 50 motifs in its order (method.md 3.2); no similarity exclusion"
+    attrs.update(
+        core_motif_ids=[m.id for m in core],
+        background_motif_ids=[m.id for m in background_motifs],
+        background_pool=background,
+        negative_pool_size=len(pwms),
+        motifs_per_sequence=f"3-{max_motifs}",
+        similarity_rule=rule,
     )
     return _assemble(x, y, model, plc, split_indices(rng, num_seqs), attrs)
 

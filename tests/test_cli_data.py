@@ -39,6 +39,19 @@ def test_data_task2_options(tmp_path):
     assert load_dataset(out).attrs["motifs_per_sequence"] == "3-7"
 
 
+def test_data_task2_code_background(tmp_path):
+    from study.simulate import CODE_BACKGROUND_IDS
+
+    out = tmp_path / "t2code.h5"
+    r = run("data", "task2", "--out", str(out), "--num-seqs", "200", "--background", "code")
+    assert r.returncode == 0, r.stderr
+    attrs = load_dataset(out).attrs
+    assert attrs["background_pool"] == "code" and attrs["background_motif_ids"] == list(CODE_BACKGROUND_IDS)
+    r = run("data", "task2", "--out", str(tmp_path / "x.h5"), "--num-seqs", "200", "--background", "paper")
+    assert r.returncode != 0 and r.stderr.strip() == "hybridlens: error: unknown background 'paper'; choose one of filtered, code"
+    assert not (tmp_path / "x.h5").exists()
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -7,6 +7,7 @@ from scipy import stats
 from analysis.datasets import SPLITS
 from analysis.motifs import fetch_motifs, information_content, reverse_complement
 from study.simulate import (
+    CODE_BACKGROUND_IDS,
     COUNT_PROBS,
     SIMILARITY_MIN_OVERLAP,
     SIMILARITY_THRESHOLD,
@@ -121,6 +122,38 @@ def test_task2_three_to_seven_option():
     counts = np.concatenate([_counts_per_seq(ds.split(s)) for s in SPLITS])
     assert counts.min() == 3 and counts.max() == 7
     assert stats.chisquare(np.bincount(counts, minlength=8)[3:], np.array(COUNT_PROBS) * counts.size).pvalue > 1e-3
+
+
+def test_task2_code_background_pool():
+    """The released code's pool (method.md §3.2): 10 core PWMs + its 50 motifs and their reverse
+    complements = 110 PWMs, the 50 IDs recorded in the stored order."""
+    ds = simulate_task2(num_seqs=4000, seed=5, background="code")
+    assert ds.attrs["background_motif_ids"] == list(CODE_BACKGROUND_IDS) and len(set(CODE_BACKGROUND_IDS)) == 50
+    assert ds.attrs["background_pool"] == "code" and ds.attrs["negative_pool_size"] == 110
+    assert ds.attrs["motif_ids"] == list(TASK2_CORE_MOTIFS.values()) + list(CODE_BACKGROUND_IDS)
+    # method.md's list by name: first, last, and the look-alikes the code failed to exclude.
+    names = dict(zip(ds.attrs["motif_ids"], ds.attrs["motif_names"]))
+    assert names["MA0909.1"] == "HOXD13" and names["MA0593.1"] == "FOXP2"
+    assert {"ETV5", "CEBPG", "MLX", "ETV3", "PLAG1", "ZIC3", "TCF4", "NFIC", "E2F6"} <= {n.upper() for n in names.values()}
+    used_neg = set()
+    for s in SPLITS:
+        sp = ds.split(s)
+        neg = sp.y[sp.placements["seq"], 0] == 0
+        used_neg |= set(zip(sp.placements["motif"][neg].tolist(), sp.placements["strand"][neg].tolist()))
+    assert len(used_neg) == 110  # ~6,000 negative draws over 110 PWMs: every one appears
+    motifs = fetch_motifs(ds.attrs["motif_ids"], "JASPAR2016")
+    _check_consistency(ds, [m.pwm for m in motifs])
+
+
+def test_task2_default_file_unchanged_by_background_option():
+    # The hash the generator gave for this seed and size before the background option existed.
+    assert simulate_task2(num_seqs=200, seed=3).content_hash == "bc0f81d8c103498fbccc6f798536fb2484ec0f3424e9b843922b60c7a499bf17"
+    assert simulate_task2(num_seqs=200, seed=3, background="code").content_hash != simulate_task2(num_seqs=200, seed=3).content_hash
+
+
+def test_task2_unknown_background():
+    with pytest.raises(ValueError, match="unknown background 'coded'; choose one of filtered, code"):
+        simulate_task2(num_seqs=200, background="coded")
 
 
 def _brute_force_similarity(a, b, min_overlap):
