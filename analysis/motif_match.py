@@ -4,7 +4,8 @@ For one trained model: activation-aligned, clipped filter PPMs (``analysis.filte
 Pearson column scores against a JASPAR release plus the ground-truth motifs (q < 0.1), then
 
 - **TPR**: the fraction of all filters with a hit to a ground-truth TF (by JASPAR base ID, any
-  version; filter 0 counts like any other, fixing the reference code's ``any(match_index)`` bug);
+  version, or with the released code's ID lists: :class:`analysis.ground_truth.GroundTruth`; filter
+  0 counts like any other, fixing the reference code's ``any(match_index)`` bug);
 - **FPR**: the fraction of all filters with a hit to some JASPAR motif but to no ground-truth TF,
   not counting filters whose only hits are Gmeb1 (MA0615), as the reference code does.
 
@@ -18,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from analysis.ground_truth import base_id
+from analysis.ground_truth import GroundTruth, base_id
 from analysis.motifs import ANALYSIS_RELEASE, SIMULATION_RELEASE, Motif, fetch_collection, fetch_motifs
 
 #: Filters whose only hits are these base IDs are not counted as false positives (reference code).
@@ -39,7 +40,7 @@ class FilterMatches:
 def match_stats(
     hits: Mapping[str, Sequence[tuple[str, float]]],
     num_filters: int,
-    gt_names: Mapping[str, str],
+    ground_truth: GroundTruth,
     *,
     target_names: Mapping[str, str] | None = None,
     ignored_only_hits: Iterable[str] = IGNORED_ONLY_HITS,
@@ -54,8 +55,8 @@ def match_stats(
         best first. Filters absent from the mapping have no hit.
     num_filters
         All filters of the layer (the denominator).
-    gt_names
-        Ground-truth base ID (``MA0151``) -> TF name.
+    ground_truth
+        Which targets count as a ground-truth TF (its rule and names).
     target_names
         Matrix ID -> TF name, to label filters whose best hit is not ground truth.
     """
@@ -68,13 +69,13 @@ def match_stats(
     for i in range(num_filters):
         fid = f"{prefix}{i}"
         fh = list(hits.get(fid, []))
-        gt = [(t, q) for t, q in fh if base_id(t) in gt_names]
+        gt = [(t, q, ground_truth.match(t)) for t, q in fh if ground_truth.match(t)]
         row = {"filter": fid, "gt_match": "", "gt_id": "", "best_hit": "", "best_hit_name": "", "best_q": np.nan}
         if fh:
             row.update(best_hit=fh[0][0], best_hit_name=names.get(fh[0][0], ""), best_q=float(fh[0][1]))
         if gt:
             n_gt += 1
-            row.update(gt_match=gt_names[base_id(gt[0][0])], gt_id=gt[0][0])
+            row.update(gt_match=gt[0][2], gt_id=gt[0][0])
         elif fh and not all(base_id(t) in ignored for t, _ in fh):
             n_fp += 1
         per_filter.append(row)
@@ -93,7 +94,7 @@ def comparison_database(release: str = ANALYSIS_RELEASE, ground_truth: Sequence[
 def filter_matches(
     filters: Sequence[Motif],
     database: Sequence[Motif],
-    gt_names: Mapping[str, str],
+    ground_truth: GroundTruth,
     *,
     threshold: float = Q_THRESHOLD,
 ):
@@ -111,4 +112,4 @@ def filter_matches(
         hits.setdefault(q, []).append((t, float(qv)))
     names = {m.id: m.name for m in database}
     sig = sig.assign(target_name=sig["target_id"].map(names))
-    return match_stats(hits, len(filters), gt_names, target_names=names), sig
+    return match_stats(hits, len(filters), ground_truth, target_names=names), sig

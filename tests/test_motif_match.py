@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from analysis.filters import filter_motifs
+from analysis.ground_truth import TASK1_MOTIFS, GroundTruth
 from analysis.motif_match import comparison_database, filter_matches, match_stats
 from analysis.motifs import fetch_motif
 from models import build
 
-GT = {"MA0058": "MAX", "MA0079": "SP1", "MA0052": "MEF2A"}
+GT = GroundTruth.from_motifs({"MA0058.3": "MAX", "MA0079.3": "SP1", "MA0052.3": "MEF2A"})
+TASK1 = {i: n for n, i in TASK1_MOTIFS.items()}
 
 
 def test_no_hits():
@@ -38,6 +40,32 @@ def test_many_hits_by_hand():
     assert s.fpr == pytest.approx(2 / 10)
     assert [r["gt_match"] for r in s.per_filter[:3]] == ["MAX", "SP1", ""]
     assert s.per_filter[2]["best_hit_name"] == "Arnt"
+
+
+def test_ground_truth_rules_by_hand():
+    """The two rules on hand-built hits (method.md §4.1 item 5): the released code's lists accept
+    sibling matrices and miss newer versions; the base-ID rule does the opposite."""
+    hits = {
+        "filter0": [("MA0601.1", 0.01)],  # Arid3b: in the code's Arid3 list only
+        "filter1": [("MA0062.3", 0.01)],  # GABPA's 2020 version: base ID only
+        "filter2": [("MA0058.1", 0.01)],  # MAX, an older version: both
+        "filter3": [("MA0060.2", 0.01)],  # NFYA: the code's NFYB list only
+        "filter4": [("MA0660.1", 0.02), ("MA0004.1", 0.03)],  # MEF2B (under STAT1 in the code), Arnt
+        "filter5": [("MA0004.1", 0.01)],  # Arnt: a false positive under both
+    }
+    base = match_stats(hits, 8, GroundTruth.from_motifs(TASK1, "base_ids"))
+    ref = match_stats(hits, 8, GroundTruth.from_motifs(TASK1, "reference_lists"))
+    assert [r["gt_match"] for r in base.per_filter[:6]] == ["", "Gabpa", "MAX", "", "", ""]
+    assert [r["gt_match"] for r in ref.per_filter[:6]] == ["Arid3a", "", "MAX", "NFYB", "STAT1", ""]
+    assert (base.tpr, base.fpr) == (pytest.approx(2 / 8), pytest.approx(4 / 8))
+    assert (ref.tpr, ref.fpr) == (pytest.approx(4 / 8), pytest.approx(2 / 8))
+
+
+def test_ground_truth_rule_errors():
+    with pytest.raises(ValueError, match="unknown ground-truth rule 'lists'; choose one of base_ids, reference_lists"):
+        GroundTruth.from_motifs(TASK1, "lists")
+    with pytest.raises(ValueError, match="reference lists have no entry for MA0004.1"):
+        GroundTruth.from_motifs({"MA0004.1": "Arnt"}, "reference_lists")
 
 
 def test_bad_denominator():
@@ -71,7 +99,7 @@ def test_known_motif_filter_matches_its_id_random_and_dead_match_nothing(databas
         bn = model.stage1.first.bn
         bn.running_mean.zero_(), bn.running_var.fill_(1.0), bn.weight.fill_(1.0), bn.bias.zero_()
     motifs = filter_motifs(model, x)
-    fm, sig = filter_matches(motifs, database, {"MA0058": "MAX"})
+    fm, sig = filter_matches(motifs, database, GroundTruth.from_motifs({"MA0058.3": "MAX"}))
     best = sig[sig.query_id == "filter0"].sort_values("p_value").iloc[0]
     assert best["target_id"].startswith("MA0058")
     assert fm.per_filter[0]["gt_match"] == "MAX"
