@@ -88,9 +88,10 @@ class _Data:
         return ds
 
 
-def _ground_truth(ds, task: str) -> dict[str, str]:
-    """Ground-truth base ID -> TF name, from the dataset's attributes (or the canonical lists)."""
-    from analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS, base_id
+def _ground_truth(ds, task: str, rule: str):
+    """The ground truth (:class:`analysis.ground_truth.GroundTruth` under ``rule``) and its motif IDs,
+    from the dataset's attributes (or the canonical lists for the original papers' files)."""
+    from analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS, GroundTruth
 
     key, default = ("motif_ids", TASK1_MOTIFS) if task == "task1" else ("core_motif_ids", TASK2_CORE_MOTIFS)
     if key in ds.attrs:  # our files: core motifs come first in motif_names
@@ -98,16 +99,22 @@ def _ground_truth(ds, task: str) -> dict[str, str]:
         names = ds.attrs["motif_names"][: len(ids)]
     else:  # the original papers' files carry no attributes
         ids, names = list(default.values()), list(default)
-    return {base_id(i): n for i, n in zip(ids, names)}
+    return GroundTruth.from_motifs(dict(zip(ids, names)), rule), list(ids)
 
 
-def _filters(model, ds, database, gt_names):
+def _filters(model, ds, database, ground_truth):
     from analysis.filters import filter_motifs
     from analysis.motif_match import filter_matches
 
     motifs = filter_motifs(model, ds.test.x)
-    fm, sig = filter_matches(motifs, database, gt_names)
+    fm, sig = filter_matches(motifs, database, ground_truth)
     return motifs, fm, sig
+
+
+def logged_metric(name: str, ground_truth: str) -> str:
+    """The MLflow key of a table metric: TPR/FPR under the ``reference_lists`` rule are logged as
+    ``tpr_reference_lists``/``fpr_reference_lists``, so both rules' values can sit on one run."""
+    return f"{name}_{ground_truth}" if name in INTERP_METRICS["task1"] and ground_truth != "base_ids" else name
 
 
 def _log_run(c, run, metrics: dict[str, float], folder: Path | None) -> None:
@@ -134,6 +141,7 @@ def analyze_study(
     rank_on: str = "valid",
     out_dir: str | Path | None = None,
     release: str = "JASPAR2020",
+    ground_truth: str = "base_ids",
     device: str | None = None,
     echo: Echo = print,
 ) -> AnalysisResult:
@@ -143,6 +151,7 @@ def analyze_study(
     Task 2: saliency AUROC/AUPR/SNR) and logs them on the child runs, aggregates the best ``top_k``
     runs per configuration, tests exp against relu per architecture over seeds, draws the figures,
     and writes the tables and figures to ``out_dir`` and to the parent run (``analysis/``).
+    ``ground_truth`` picks the rule for a ground-truth hit (:data:`analysis.ground_truth.GROUND_TRUTH_RULES`).
     Runs that cannot be analysed are skipped with their reason; the others still are.
     """
     import torch
@@ -153,6 +162,10 @@ def analyze_study(
     from analysis.saliency import grad_times_input, saliency_metrics, summarize
     from analysis.stats import aggregate, paired_exp_vs_relu, to_markdown
 
+    from analysis.ground_truth import GROUND_TRUTH_RULES
+
+    if ground_truth not in GROUND_TRUTH_RULES:
+        raise ValueError(f"unknown ground-truth rule {ground_truth!r}; choose one of {', '.join(GROUND_TRUTH_RULES)}")
     t0 = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     sr = mlruns.find_study(uri, study, parent_run_id)
@@ -163,10 +176,10 @@ def analyze_study(
         echo(f"  skipping {label}: {why}")
     if not sel.usable:
         raise ValueError(f"study {study!r} has no finished {task} run to analyse ({len(skipped)} skipped)")
-    echo(f"analysing {len(sel.usable)} {task} runs of study {study!r} (best {sel.top_k} per configuration, ranked on {sel.rank_key})")
+    echo(f"analysing {len(sel.usable)} {task} runs of study {study!r} (best {sel.top_k} per configuration, ranked on {sel.rank_key}; ground truth: {ground_truth})")
     c = mlruns.client(uri)
     data = _Data()
-    database = gt_names = None
+    database = gt = None
     rows, best_filters = [], {}
     best_ids = {rs[0].info.run_id: key for key, rs in sel.chosen.items()}
     selected_ids = {r.info.run_id for rs in sel.chosen.values() for r in rs}
@@ -179,10 +192,10 @@ def analyze_study(
                 model = load_model(uri, run, device)
                 metrics, folder = {}, None
                 if database is None:
-                    gt_names = _ground_truth(ds, task)
-                    database = comparison_database(release, [i for i in (ds.attrs.get("motif_ids") or []) if i.split(".")[0] in gt_names])
+                    gt, gt_ids = _ground_truth(ds, task, ground_truth)
+                    database = comparison_database(release, gt_ids)
                 if task == "task1" or run.info.run_id in best_ids:
-                    motifs, fm, sig = _filters(model, ds, database, gt_names)
+                    motifs, fm, sig = _filters(model, ds, database, gt)
                     folder = tmp / run.info.run_id
                     folder.mkdir()
                     write_meme(motifs, folder / "filters.meme")
@@ -196,7 +209,7 @@ def analyze_study(
                     pos = ds.test.y[:, 0] == 1
                     scores = grad_times_input(model, ds.test.x[pos])
                     metrics.update(summarize(saliency_metrics(scores, ds.test.model[pos])))
-                _log_run(c, run, metrics, folder)
+                _log_run(c, run, {logged_metric(k, ground_truth): v for k, v in metrics.items()}, folder)
             except RunError as e:
                 skipped.append((label, str(e)))
                 echo(f"  [{i}/{len(sel.usable)}] {label}: skipped: {e}")
@@ -225,9 +238,13 @@ def analyze_study(
         out = Path(out_dir) if out_dir else tmp / "out"
         out.mkdir(parents=True, exist_ok=True)
         files = []
+        caption = (
+            f"Study {study}, {task}: best {sel.top_k} per configuration ranked on {sel.rank_key}; "
+            f"ground truth: {ground_truth}" + ("" if task == "task1" else " (filter labels only)") + "."
+        )
         for name, df in (("per_run", per_run), ("summary", summary), ("paired_exp_vs_relu", paired)):
             df.to_csv(out / f"{name}.csv", index=False)
-            (out / f"{name}.md").write_text(to_markdown(df))
+            (out / f"{name}.md").write_text(to_markdown(df, caption=caption))
             files += [out / f"{name}.csv", out / f"{name}.md"]
         fig_name = "fig2_task1" if task == "task1" else "fig3_task2"
         files += scatter_exp_vs_relu(summary, FIGURE_METRICS[task], out / fig_name, title=f"{study}: exp vs relu (best {sel.top_k})")
@@ -243,7 +260,7 @@ def analyze_study(
         echo(f"  drawing {len(jobs)} filter-logo grids")
         files += filter_logos_many(jobs)
         meta = {"study": study, "task": task, "parent_run_id": sr.parent.info.run_id, "top_k": sel.top_k,
-                "rank_on": rank_on, "release": release, "runs_analysed": len(rows), "skipped": skipped}
+                "rank_on": rank_on, "ground_truth": ground_truth, "release": release, "runs_analysed": len(rows), "skipped": skipped}
         (out / "analysis.json").write_text(json.dumps(meta, indent=2))
         files.append(out / "analysis.json")
         for f in files:

@@ -45,8 +45,8 @@ def paired_exp_vs_relu(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
-    """A plain Markdown table (no optional dependency)."""
+def to_markdown(df: pd.DataFrame, digits: int = 3, caption: str | None = None) -> str:
+    """A plain Markdown table (no optional dependency), after a one-line ``caption`` if given."""
     def fmt(v):
         if isinstance(v, float):
             return "nan" if np.isnan(v) else f"{v:.{digits}f}"
@@ -55,4 +55,5 @@ def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    head = [caption, ""] if caption else []
+    return "\n".join(head + lines) + "\n"

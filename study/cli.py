@@ -80,10 +80,11 @@ def data_task2(
     seed: int = typer.Option(22, help="Random seed (same seed, same file content)."),
     num_seqs: int = typer.Option(20_000, "--num-seqs", help="Total sequences, half positive (split 0.7/0.1/0.2)."),
     max_motifs: int = typer.Option(5, "--max-motifs", help="3-5 motifs per sequence (paper) or 7 for 3-7 (code)."),
+    background: str = typer.Option("filtered", "--background", help="Negative pool: 'filtered' (100 motifs unlike the core ones) or 'code' (the released code's 50)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
-    """Task 2: synthetic regulatory code, 5 core motifs vs core + 100 background motifs (Koo & Ploenzke 2021)."""
-    _write_data("task2", out, force, seed=seed, num_seqs=num_seqs, max_motifs=max_motifs)
+    """Task 2: synthetic regulatory code, 5 core motifs vs core + background motifs (Koo & Ploenzke 2021)."""
+    _write_data("task2", out, force, seed=seed, num_seqs=num_seqs, max_motifs=max_motifs, background=background)
 
 
 WORKDIR_HELP = "Working directory: MLflow store (mlflow.db), artifacts, Ray state, data."
@@ -161,6 +162,7 @@ def analyze_cmd(
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Best runs per configuration (default: 3 for Task 1, 5 for Task 2)."),
     rank_on: str = typer.Option("valid", "--rank-on", help="Rank runs on the validation (default) or test metric."),
     task: Optional[str] = typer.Option(None, "--task", help="Analyse only this task's runs (task1 or task2)."),
+    ground_truth: str = typer.Option("base_ids", "--ground-truth", help="What counts as a ground-truth hit: base_ids (any version of the TFs' JASPAR IDs) or reference_lists (the released code's lists)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for tables and figures; default: WORKDIR/analysis/STUDY."),
 ) -> None:
     """Analyse a study from MLflow alone: filter TPR/FPR (Task 1) or saliency (Task 2), tables, figures."""
@@ -176,7 +178,7 @@ def analyze_cmd(
         if not (workdir / "mlflow.db").is_file():
             raise FileNotFoundError(f"{workdir / 'mlflow.db'} does not exist; pass --workdir of a study or --tracking-uri")
         uri = sqlite_uri(workdir)
-    analyze_study(uri, study, task=task, top_k=top_k, rank_on=rank_on, out_dir=out or workdir / "analysis" / study, echo=echo)
+    analyze_study(uri, study, task=task, top_k=top_k, rank_on=rank_on, ground_truth=ground_truth, out_dir=out or workdir / "analysis" / study, echo=echo)
 
 
 @app.command("ui")

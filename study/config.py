@@ -14,8 +14,10 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from analysis.ground_truth import GROUND_TRUTH_RULES
 from models import GRID, TASK_SIZES
 from models.blocks import ACTIVATIONS
+from study.simulate import BACKGROUNDS
 from study.train import MONITORS, TrainConfig
 
 #: Per task: the paper's LR-plateau / early-stopping metric and best-k (SPEC.md).
@@ -36,7 +38,8 @@ class DataSection(_Strict):
     path: Optional[str] = None
     num_seqs: Optional[int] = Field(default=None, ge=10)
     seed: Optional[int] = Field(default=None, ge=0)
-    max_motifs: Literal[5, 7] = 5
+    max_motifs: Literal[5, 7] = 5  # Task 2 only
+    background: Literal[BACKGROUNDS] = "filtered"  # Task 2 only: SPEC's pool or the released code's
 
 
 def _distinct_choices(values: list[str], valid, kind: str) -> list[str]:
@@ -81,15 +84,34 @@ class GridSection(_Strict):
         return list(GRID) if self.architectures == "all" else list(self.architectures)
 
 
-class ModelSection(_Strict):
-    init: Literal["he", "glorot"] = "he"
+class SizeOverrides(_Strict):
     filters: Optional[int] = Field(default=None, ge=1)
     lstm_units: Optional[int] = Field(default=None, ge=2)
     key_size: Optional[int] = Field(default=None, ge=1)
     dense_units: Optional[int] = Field(default=None, ge=1)
 
-    def overrides(self) -> dict:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+class ModelSection(SizeOverrides):
+    """Initialisation and size overrides for every architecture, and ``per_architecture`` overrides
+    on top (e.g. the released code's Task 2 attention size 96 for ``C24-LSTM-Att`` and ``C4-Att``)."""
+
+    init: Literal["he", "glorot"] = "he"
+    per_architecture: dict[str, SizeOverrides] = {}
+
+    @field_validator("per_architecture")
+    @classmethod
+    def _known_archs(cls, v):
+        for a in v:
+            if a not in GRID:
+                raise ValueError(f"unknown architecture {a!r}; choose from {', '.join(GRID)}")
+        return v
+
+    def overrides(self, architecture: str | None = None) -> dict:
+        """Keyword overrides for ``models.build``: the global ones, then ``architecture``'s own."""
+        out = {k: v for k, v in self.model_dump(exclude={"per_architecture"}).items() if v is not None}
+        if architecture in self.per_architecture:
+            out |= {k: v for k, v in self.per_architecture[architecture].model_dump().items() if v is not None}
+        return out
 
 
 class TrainSection(_Strict):
@@ -127,6 +149,7 @@ class RaySection(_Strict):
 class AnalysisSection(_Strict):
     top_k: Optional[int] = Field(default=None, ge=1)  # task default when omitted
     rank_on: Literal["valid", "test"] = "valid"
+    ground_truth: Literal[GROUND_TRUTH_RULES] = "base_ids"
 
 
 class Fault(_Strict):
@@ -155,6 +178,10 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _task_defaults(self):
+        if self.task != "task2":
+            for key, default in (("max_motifs", 5), ("background", "filtered")):
+                if getattr(self.data, key) != default:
+                    raise ValueError(f"data.{key} applies to task2 only; remove it for {self.task}")
         d = TASK_DEFAULTS[self.task]
         if self.train.monitor is None:
             object.__setattr__(self, "train", self.train.model_copy(update={"monitor": d["monitor"]}))
@@ -191,6 +218,8 @@ class StudyConfig(_Strict):
         out = self.model_dump(mode="json")
         out["grid"]["architectures"] = self.grid.architecture_names()
         out["model"]["sizes"] = {k: v for k, v in TASK_SIZES[self.task].__dict__.items()} | self.model.overrides()
+        if self.model.per_architecture:
+            out["model"]["per_architecture"] = {a: o.model_dump(exclude_none=True) for a, o in self.model.per_architecture.items()}
         return out
 
     def config_hash(self) -> str:

@@ -73,12 +73,35 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         raise ValueError(f"Ray cluster at {address} is unreachable ({e.strerror or e}); start it with 'ray start --head' or fix --ray-address") from None
 
 
+def check_resources(cfg: StudyConfig, ray_address: str | None, *, smoke_test: bool = False, echo: Echo = print) -> StudyConfig:
+    """Fail fast on a per-trial request that a local Ray could never schedule (Ray would wait
+    silently). ``--smoke-test`` on a machine without a GPU runs on the CPU instead (one line says so).
+    A cluster (``ray_address``) is left to Ray: its nodes may have what this machine lacks."""
+    if ray_address:
+        return cfg
+    import torch
+
+    gpus = torch.cuda.device_count()
+    cpus = cfg.ray.num_cpus or os.cpu_count() or 1
+    res = cfg.resources
+    if res.gpu > 0 and gpus == 0 and smoke_test:
+        echo(f"no GPU on this machine: the smoke test runs on the CPU (resources.gpu {res.gpu:g} -> 0)")
+        return cfg.model_copy(update={"resources": res.model_copy(update={"gpu": 0.0})})
+    if res.gpu > gpus:
+        have = "has no GPU" if gpus == 0 else f"has {gpus} GPU(s)"
+        raise ValueError(f"resources.gpu is {res.gpu:g} per trial but this machine {have}; set resources.gpu: 0 (CPU) or run on a cluster with --ray-address")
+    if res.cpu > cpus:
+        raise ValueError(f"resources.cpu is {res.cpu:g} per trial but the local Ray has {cpus} CPU(s); lower resources.cpu (or raise ray.num_cpus)")
+    return cfg
+
+
 def default_data_path(cfg: StudyConfig, workdir: Path) -> Path:
     from study.simulate import TASK1_DEFAULT_NUM_SEQS, TASK2_DEFAULT_NUM_SEQS
 
     n = cfg.data.num_seqs or (TASK1_DEFAULT_NUM_SEQS if cfg.task == "task1" else TASK2_DEFAULT_NUM_SEQS)
     seed = cfg.data.seed if cfg.data.seed is not None else (33 if cfg.task == "task1" else 22)
     extra = f"-m{cfg.data.max_motifs}" if cfg.task == "task2" else ""
+    extra += "-bgcode" if cfg.data.background == "code" else ""
     return workdir / "data" / f"{cfg.task}-seed{seed}-n{n}{extra}.h5"
 
 
@@ -114,7 +137,7 @@ def ensure_dataset(cfg: StudyConfig, workdir: Path, echo: Echo) -> Path:
     if cfg.data.seed is not None:
         kwargs["seed"] = cfg.data.seed
     if cfg.task == "task2":
-        kwargs["max_motifs"] = cfg.data.max_motifs
+        kwargs.update(max_motifs=cfg.data.max_motifs, background=cfg.data.background)
     echo(f"generating {cfg.task} dataset -> {path}")
     step = [0]
 
@@ -327,6 +350,7 @@ def run_study(
     cfg = load_config(config_path)
     if smoke_test:
         cfg = cfg.smoke()
+    cfg = check_resources(cfg, ray_address, smoke_test=smoke_test, echo=echo)
     workdir = Path(workdir).expanduser().resolve()
     if not workdir.parent.is_dir():
         raise FileNotFoundError(f"cannot create workdir {workdir}: folder {workdir.parent} does not exist")
@@ -385,6 +409,7 @@ def _log_study_params(c, parent: str, cfg: StudyConfig, data_path: Path) -> None
         "monitor": cfg.train.monitor,
         "top_k": cfg.analysis.top_k,
         "rank_on": cfg.analysis.rank_on,
+        "ground_truth": cfg.analysis.ground_truth,
         "data_path": str(data_path),
         "dataset_hash": ds.content_hash,
     }
@@ -449,6 +474,7 @@ def _finish(summary: dict, cfg: StudyConfig, analyze: bool, echo: Echo) -> dict:
             task=cfg.task,
             top_k=cfg.analysis.top_k,
             rank_on=cfg.analysis.rank_on,
+            ground_truth=cfg.analysis.ground_truth,
             out_dir=Path(launch.workdir) / "analysis" / cfg.name,
             echo=echo,
         )
@@ -464,6 +490,7 @@ def resume_study(workdir: str | Path, study: str | None = None, *, analyze: bool
     cfg = load_config(launch.config_path)
     if launch.smoke_test:
         cfg = cfg.smoke()
+    cfg = check_resources(cfg, launch.ray_address, smoke_test=launch.smoke_test, echo=echo)
     _check_not_running(Path(launch.workdir), cfg.name)
     tracking.check_tracking_uri(launch.tracking_uri)
     if launch.ray_address:

@@ -47,7 +47,7 @@ def trial_params(cfg: StudyConfig, cell: dict, dataset_hash: str) -> dict:
 
     from models import resolve_sizes
 
-    sizes = asdict(resolve_sizes(cfg.task, **cfg.model.overrides()))
+    sizes = asdict(resolve_sizes(cfg.task, **cfg.model.overrides(cell["architecture"])))
     train = asdict(cfg.train_config(cell["seed"]))
     return {**cell, "task": cfg.task, **sizes, **train, "dataset_hash": dataset_hash}
 
@@ -152,7 +152,7 @@ def train_trial(config: dict) -> None:
     logger = tracking.TrialLogger(c, run_id)
     try:
         seed_everything(cell["seed"])
-        model = build(cell["architecture"], cfg.task, cell["activation"], seed=cell["seed"], **cfg.model.overrides())
+        model = build(cell["architecture"], cfg.task, cell["activation"], seed=cell["seed"], **cfg.model.overrides(cell["architecture"]))
         trainer = Trainer(model, data, cfg.train_config(cell["seed"]))
         ckpt = tune.get_checkpoint()
         if ckpt is not None:

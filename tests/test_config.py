@@ -79,3 +79,33 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"hybridlens: error: {cfg}: train.epochs: Input should be greater than or equal to 1"]
     assert not work.exists()
+
+
+def test_reference_configs_carry_the_released_codes_choices():
+    r1 = load_config(CONFIGS / "reference" / "task1.yaml")
+    r2 = load_config(CONFIGS / "reference" / "task2.yaml")
+    for c in (r1, r2):
+        assert c.model.init == "glorot" and c.train.monitor == "val_auroc"
+        assert c.analysis.rank_on == "test" and c.analysis.ground_truth == "reference_lists"
+        assert len(c.cells()) == 17 * 2 * 10
+    assert r1.data.num_seqs == 30000 and r1.analysis.top_k == 3
+    assert (r2.data.max_motifs, r2.data.background, r2.analysis.top_k) == (7, "code", 5)
+    # Attention size 96 for the code's CNN_LSTM_ATT and CNN_LSTM2_ATT only (method.md §1.5).
+    assert r2.model.overrides("C24-LSTM-Att")["key_size"] == 96 and r2.model.overrides("C4-Att")["key_size"] == 96
+    assert "key_size" not in r2.model.overrides("C4C6-LSTM-Att")
+    assert r2.resolved()["model"]["per_architecture"] == {"C24-LSTM-Att": {"key_size": 96}, "C4-Att": {"key_size": 96}}
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"task": "task1", "data": {"background": "code"}}, "data.background applies to task2 only"),
+        ({"task": "task2", "data": {"background": "paper"}}, "data.background: Input should be 'filtered' or 'code'"),
+        ({"task": "task2", "analysis": {"ground_truth": "ids"}}, "analysis.ground_truth: Input should be 'base_ids' or 'reference_lists'"),
+        ({"task": "task2", "model": {"per_architecture": {"C5": {"key_size": 96}}}}, "model.per_architecture: unknown architecture 'C5'"),
+        ({"task": "task2", "model": {"per_architecture": {"C4-Att": {"heads": 4}}}}, "model.per_architecture.C4-Att.heads: unknown key"),
+    ],
+)
+def test_reference_options_validated(raw, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        parse_config({"name": "x", **raw})
