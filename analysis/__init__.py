@@ -1,4 +1,4 @@
 """hybridlens analysis: motifs and datasets, best-k selection, filter motifs, saliency, tables, figures.
 
-Never imports ``study`` (dependencies point one way: study -> analysis, models).
+Never imports ``hybridlens.study`` (dependencies point one way: study -> analysis -> models).
 """

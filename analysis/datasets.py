@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from analysis.atomic import atomic_path
+from hybridlens.analysis.atomic import atomic_path
 
 SPLITS = ("train", "valid", "test")
 PLACEMENT_DTYPE = np.dtype([("seq", "<i4"), ("motif", "<i2"), ("start", "<i2"), ("width", "<i2"), ("strand", "i1")])

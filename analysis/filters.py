@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis.motifs import Motif, information_content
+from hybridlens.analysis.motifs import Motif, information_content
 
 
 @torch.no_grad()

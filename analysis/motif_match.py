@@ -19,8 +19,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from analysis.ground_truth import GroundTruth, base_id
-from analysis.motifs import ANALYSIS_RELEASE, SIMULATION_RELEASE, Motif, fetch_collection, fetch_motifs
+from hybridlens.analysis.ground_truth import GroundTruth, base_id
+from hybridlens.analysis.motifs import ANALYSIS_RELEASE, SIMULATION_RELEASE, Motif, fetch_collection, fetch_motifs
 
 #: Filters whose only hits are these base IDs are not counted as false positives (reference code).
 IGNORED_ONLY_HITS = ("MA0615",)  # Gmeb1
@@ -103,7 +103,7 @@ def filter_matches(
     Returns ``(FilterMatches, significant_table)`` where the table holds every pair with
     q <= ``threshold`` (columns as :class:`analysis.tomtom.TomtomResult`).
     """
-    from analysis.tomtom import tomtom
+    from hybridlens.analysis.tomtom import tomtom
 
     res = tomtom(list(filters), list(database), distance="pearson")
     sig = res.significant(threshold)

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from analysis.atomic import atomic_write_text
+from hybridlens.analysis.atomic import atomic_write_text
 
 ALPHABET = "ACGT"
 #: The JASPAR release of the ground-truth motifs of both tasks (Koo & Eddy 2019; Koo & Ploenzke 2021).

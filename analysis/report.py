@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from analysis import runs as mlruns
-from analysis.selection import Selection, run_label, select_best
+from hybridlens.analysis import runs as mlruns
+from hybridlens.analysis.selection import Selection, run_label, select_best
 
 Echo = Callable[[str], None]
 INTERP_METRICS = {"task1": ["tpr", "fpr"], "task2": ["saliency_auroc", "saliency_aupr", "saliency_snr"]}
@@ -48,7 +48,7 @@ def load_model(uri: str, run, device: str = "cpu"):
     """The run's final weights in a freshly built model (weights-only loading)."""
     import torch
 
-    from models import build
+    from hybridlens.models import build
 
     p = run.data.params
     try:
@@ -68,7 +68,7 @@ class _Data:
         self.cache: dict[str, object] = {}
 
     def get(self, uri: str, run):
-        from analysis.datasets import load_dataset
+        from hybridlens.analysis.datasets import load_dataset
 
         try:
             cfg = mlruns.trial_config(uri, run.info.run_id)
@@ -91,7 +91,7 @@ class _Data:
 def _ground_truth(ds, task: str, rule: str):
     """The ground truth (:class:`analysis.ground_truth.GroundTruth` under ``rule``) and its motif IDs,
     from the dataset's attributes (or the canonical lists for the original papers' files)."""
-    from analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS, GroundTruth
+    from hybridlens.analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS, GroundTruth
 
     key, default = ("motif_ids", TASK1_MOTIFS) if task == "task1" else ("core_motif_ids", TASK2_CORE_MOTIFS)
     if key in ds.attrs:  # our files: core motifs come first in motif_names
@@ -103,8 +103,8 @@ def _ground_truth(ds, task: str, rule: str):
 
 
 def _filters(model, ds, database, ground_truth):
-    from analysis.filters import filter_motifs
-    from analysis.motif_match import filter_matches
+    from hybridlens.analysis.filters import filter_motifs
+    from hybridlens.analysis.motif_match import filter_matches
 
     motifs = filter_motifs(model, ds.test.x)
     fm, sig = filter_matches(motifs, database, ground_truth)
@@ -156,13 +156,13 @@ def analyze_study(
     """
     import torch
 
-    from analysis.figures import FIGURE_METRICS, filter_logos_many, scatter_exp_vs_relu
-    from analysis.motif_match import comparison_database
-    from analysis.motifs import write_meme
-    from analysis.saliency import grad_times_input, saliency_metrics, summarize
-    from analysis.stats import aggregate, paired_exp_vs_relu, to_markdown
+    from hybridlens.analysis.figures import FIGURE_METRICS, filter_logos_many, scatter_exp_vs_relu
+    from hybridlens.analysis.motif_match import comparison_database
+    from hybridlens.analysis.motifs import write_meme
+    from hybridlens.analysis.saliency import grad_times_input, saliency_metrics, summarize
+    from hybridlens.analysis.stats import aggregate, paired_exp_vs_relu, to_markdown
 
-    from analysis.ground_truth import GROUND_TRUTH_RULES
+    from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
 
     if ground_truth not in GROUND_TRUTH_RULES:
         raise ValueError(f"unknown ground-truth rule {ground_truth!r}; choose one of {', '.join(GROUND_TRUTH_RULES)}")
@@ -225,7 +225,7 @@ def analyze_study(
         if not rows:
             raise ValueError(f"no run of study {study!r} could be analysed ({len(skipped)} skipped)")
 
-        from models import GRID
+        from hybridlens.models import GRID
 
         order = {a: i for i, a in enumerate(GRID)}
         per_run = pd.DataFrame(rows)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis.motifs import information_content
+from hybridlens.analysis.motifs import information_content
 
 
 def grad_times_input(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from analysis.runs import TAG_OUTCOME
+from hybridlens.analysis.runs import TAG_OUTCOME
 
 #: The ranking metric per task: AUPR for Task 1, AUROC for Task 2 (the paper's classification metric).
 RANK_METRIC = {"task1": "aupr", "task2": "auroc"}

@@ -42,7 +42,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from analysis.motifs import DEFAULT_NSITES, Motif, fetch_collection, read_meme, validate_pwm
+from hybridlens.analysis.motifs import DEFAULT_NSITES, Motif, fetch_collection, read_meme, validate_pwm
 
 BINS = 100
 DISTANCES = ("pearson", "ed")

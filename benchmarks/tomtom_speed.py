@@ -30,8 +30,8 @@ def main() -> None:
         sys.exit(f"reference set not found at {ref}; pass --reference")
     from threadpoolctl import threadpool_limits
 
-    from analysis.motifs import read_meme
-    from analysis.tomtom import tomtom
+    from hybridlens.analysis.motifs import read_meme
+    from hybridlens.analysis.tomtom import tomtom
 
     queries = read_meme(ref / "queries.meme")
     targets = read_meme(ref / "targets_jaspar2020_core_all_versions.meme")

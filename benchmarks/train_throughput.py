@@ -14,8 +14,8 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from models import build
-from study.train import TensorData, TrainConfig, Trainer, seed_everything
+from hybridlens.models import build
+from hybridlens.study.train import TensorData, TrainConfig, Trainer, seed_everything
 
 
 def plain_loop(model, ds, device, epochs: int, batch_size: int = 100) -> float:
@@ -60,11 +60,11 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.data:
-        from analysis.datasets import load_dataset
+        from hybridlens.analysis.datasets import load_dataset
 
         ds = load_dataset(args.data)
     else:
-        from study.simulate import simulate_task1
+        from hybridlens.study.simulate import simulate_task1
 
         ds = simulate_task1(num_seqs=args.num_seqs, seed=0)
     results = {}

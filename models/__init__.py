@@ -1,9 +1,9 @@
 """hybridlens models: the paper's CNN / BiLSTM / attention / transformer hybrids in PyTorch.
 
->>> from models import build, GRID
+>>> from hybridlens.models import build, GRID
 >>> model = build("C4C6-LSTM-Trans2", "task1", "exp")   # (N, 4, 200) -> (N, 12) logits
 """
 
-from models.grid import GRID, TASK_SIZES, TASKS, ArchSpec, Hybrid, Sizes, build, count_parameters, resolve_sizes
+from hybridlens.models.grid import GRID, TASK_SIZES, TASKS, ArchSpec, Hybrid, Sizes, build, count_parameters, resolve_sizes
 
 __all__ = ["GRID", "TASK_SIZES", "TASKS", "ArchSpec", "Hybrid", "Sizes", "build", "count_parameters", "resolve_sizes"]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import nn
 
-from models.blocks import (
+from hybridlens.models.blocks import (
     ACTIVATIONS,
     INITS,
     LN_EPS,

@@ -49,8 +49,8 @@ def _progress(label: str):
 
 
 def _write_data(task: str, out: Path, force: bool, **kwargs) -> None:
-    from analysis.datasets import check_output_path, write_dataset
-    from study.simulate import simulate
+    from hybridlens.analysis.datasets import check_output_path, write_dataset
+    from hybridlens.study.simulate import simulate
 
     check_output_path(out, force=force)  # fail before the work, not after
     start = time.perf_counter()
@@ -101,7 +101,7 @@ def study_cmd(
     no_analyze: bool = typer.Option(False, "--no-analyze", help="Skip the analysis at the end (run it later with 'hybridlens analyze')."),
 ) -> None:
     """Run a grid study: data (if missing), the Ray Tune grid, MLflow tracking, then the analysis."""
-    from study.runner import run_study
+    from hybridlens.study.runner import run_study
 
     summary = run_study(
         config,
@@ -124,7 +124,7 @@ def resume_cmd(
     no_analyze: bool = typer.Option(False, "--no-analyze", help="Skip the analysis at the end."),
 ) -> None:
     """Resume an interrupted study: only unfinished trials run, from their checkpoints."""
-    from study.runner import resume_study
+    from hybridlens.study.runner import resume_study
 
     if not resume_study(workdir, study, analyze=not no_analyze, echo=echo)["complete"]:
         raise typer.Exit(3)
@@ -136,7 +136,7 @@ def reconcile_cmd(
     study: Optional[str] = typer.Option(None, "--study", help="Study name, when the workdir holds several."),
 ) -> None:
     """Mark runs left RUNNING by a killed (SIGKILL) study driver as KILLED."""
-    from study.runner import reconcile
+    from hybridlens.study.runner import reconcile
 
     reconcile(workdir, study, echo=echo)
 
@@ -147,8 +147,8 @@ def runs_cmd(
     study: Optional[str] = typer.Option(None, "--study", help="Study name, when the workdir holds several."),
 ) -> None:
     """Print a table of the study's trials (latest launch) and their statuses."""
-    from study.runner import load_launch
-    from study.tracking import runs_table
+    from hybridlens.study.runner import load_launch
+    from hybridlens.study.tracking import runs_table
 
     launch = load_launch(workdir, study)
     typer.echo(runs_table(launch.tracking_uri, launch.experiment_id, launch.parent_run_id))
@@ -166,8 +166,8 @@ def analyze_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for tables and figures; default: WORKDIR/analysis/STUDY."),
 ) -> None:
     """Analyse a study from MLflow alone: filter TPR/FPR (Task 1) or saliency (Task 2), tables, figures."""
-    from analysis.report import analyze_study
-    from analysis.runs import check_tracking_uri, sqlite_uri
+    from hybridlens.analysis.report import analyze_study
+    from hybridlens.analysis.runs import check_tracking_uri, sqlite_uri
 
     if rank_on not in ("valid", "test"):
         raise UserError(f"--rank-on must be valid or test, got {rank_on!r}")

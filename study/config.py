@@ -14,11 +14,11 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from analysis.ground_truth import GROUND_TRUTH_RULES
-from models import GRID, TASK_SIZES
-from models.blocks import ACTIVATIONS
-from study.simulate import BACKGROUNDS
-from study.train import MONITORS, TrainConfig
+from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
+from hybridlens.models import GRID, TASK_SIZES
+from hybridlens.models.blocks import ACTIVATIONS
+from hybridlens.study.simulate import BACKGROUNDS
+from hybridlens.study.train import MONITORS, TrainConfig
 
 #: Per task: the paper's LR-plateau / early-stopping metric and best-k (SPEC.md).
 TASK_DEFAULTS = {

@@ -23,9 +23,9 @@ from typing import Callable
 
 import yaml
 
-from study import tracking
-from study.config import StudyConfig, load_config
-from study.trainable import train_trial, trial_name
+from hybridlens.study import tracking
+from hybridlens.study.config import StudyConfig, load_config
+from hybridlens.study.trainable import train_trial, trial_name
 
 DEFAULT_WORKDIR = "hybridlens-work"
 # Ray Tune's legacy reporter honours verbose=0 (the new one prints a header box and footer regardless);
@@ -96,7 +96,7 @@ def check_resources(cfg: StudyConfig, ray_address: str | None, *, smoke_test: bo
 
 
 def default_data_path(cfg: StudyConfig, workdir: Path) -> Path:
-    from study.simulate import TASK1_DEFAULT_NUM_SEQS, TASK2_DEFAULT_NUM_SEQS
+    from hybridlens.study.simulate import TASK1_DEFAULT_NUM_SEQS, TASK2_DEFAULT_NUM_SEQS
 
     n = cfg.data.num_seqs or (TASK1_DEFAULT_NUM_SEQS if cfg.task == "task1" else TASK2_DEFAULT_NUM_SEQS)
     seed = cfg.data.seed if cfg.data.seed is not None else (33 if cfg.task == "task1" else 22)
@@ -107,7 +107,7 @@ def default_data_path(cfg: StudyConfig, workdir: Path) -> Path:
 
 def check_data_path(cfg: StudyConfig) -> Path | None:
     """The config's explicit dataset path, checked (exists, right task); None when generated."""
-    from analysis.datasets import load_dataset
+    from hybridlens.analysis.datasets import load_dataset
 
     if not cfg.data.path:
         return None
@@ -124,8 +124,8 @@ def check_data_path(cfg: StudyConfig) -> Path | None:
 def ensure_dataset(cfg: StudyConfig, workdir: Path, echo: Echo) -> Path:
     """The generated dataset's absolute path (for a config without ``data.path``; check an explicit
     path with :func:`check_data_path`), generated with progress when missing."""
-    from analysis.datasets import write_dataset
-    from study.simulate import simulate
+    from hybridlens.analysis.datasets import write_dataset
+    from hybridlens.study.simulate import simulate
 
     path = default_data_path(cfg, workdir).resolve()
     if path.is_file():
@@ -397,7 +397,7 @@ def run_study(
 def _log_study_params(c, parent: str, cfg: StudyConfig, data_path: Path) -> None:
     from mlflow.entities import Param
 
-    from analysis.datasets import load_dataset
+    from hybridlens.analysis.datasets import load_dataset
 
     ds = load_dataset(data_path, splits=())
     params = {
@@ -463,7 +463,7 @@ def _finish(summary: dict, cfg: StudyConfig, analyze: bool, echo: Echo) -> dict:
     An analysis that cannot run (no finished run, say) is reported, not raised: the study stands."""
     if not analyze:
         return summary
-    from analysis.report import analyze_study
+    from hybridlens.analysis.report import analyze_study
 
     launch: Launch = summary["launch"]
     try:

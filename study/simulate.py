@@ -20,9 +20,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from analysis.datasets import PLACEMENT_DTYPE, SPLITS, Dataset, Split
-from analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS  # noqa: F401 (re-exported)
-from analysis.motifs import SIMULATION_RELEASE, Motif, fetch_collection, fetch_motifs, reverse_complement
+from hybridlens.analysis.datasets import PLACEMENT_DTYPE, SPLITS, Dataset, Split
+from hybridlens.analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS  # noqa: F401 (re-exported)
+from hybridlens.analysis.motifs import SIMULATION_RELEASE, Motif, fetch_collection, fetch_motifs, reverse_complement
 
 GENERATOR_VERSION = "hybridlens-simulate/1"
 SEQ_LEN = 200

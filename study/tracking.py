@@ -18,7 +18,7 @@ import time
 from typing import Iterable
 
 # The layout's names and read side live in analysis.runs (the analysis reads MLflow without study).
-from analysis.runs import (  # noqa: F401  (re-exported for the study)
+from hybridlens.analysis.runs import (  # noqa: F401  (re-exported for the study)
     TAG_CONFIG_HASH,
     TAG_DATASET_HASH,
     TAG_KIND,

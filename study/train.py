@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.classification import classification_metrics
-from analysis.datasets import Dataset
+from hybridlens.analysis.classification import classification_metrics
+from hybridlens.analysis.datasets import Dataset
 
 MONITORS = ("val_auroc", "val_aupr", "val_loss")
 

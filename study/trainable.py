@@ -13,15 +13,15 @@ from pathlib import Path
 
 import torch
 
-from study import tracking
-from study.config import StudyConfig, parse_config
+from hybridlens.study import tracking
+from hybridlens.study.config import StudyConfig, parse_config
 
 _DATA: dict = {}  # loaded once per worker process: (path, device) -> (Dataset, TensorData)
 
 
 def _data(path: str, device: torch.device):
-    from analysis.datasets import load_dataset
-    from study.train import TensorData
+    from hybridlens.analysis.datasets import load_dataset
+    from hybridlens.study.train import TensorData
 
     key = (path, str(device))
     if key not in _DATA:
@@ -45,7 +45,7 @@ def trial_params(cfg: StudyConfig, cell: dict, dataset_hash: str) -> dict:
     """Every parameter a child run records: the cell, the task, sizes and training hyperparameters."""
     from dataclasses import asdict
 
-    from models import resolve_sizes
+    from hybridlens.models import resolve_sizes
 
     sizes = asdict(resolve_sizes(cfg.task, **cfg.model.overrides(cell["architecture"])))
     train = asdict(cfg.train_config(cell["seed"]))
@@ -108,8 +108,8 @@ def _save_state(trainer) -> "object":
 
 
 def _log_artifacts(c, run_id: str, trainer, ds, cfg: StudyConfig, cell: dict, config: dict) -> None:
-    from analysis.filters import filter_motifs
-    from analysis.motifs import write_meme
+    from hybridlens.analysis.filters import filter_motifs
+    from hybridlens.analysis.motifs import write_meme
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -135,8 +135,8 @@ def train_trial(config: dict) -> None:
     import ray
     from ray import tune
 
-    from models import build
-    from study.train import Diverged, Trainer, seed_everything
+    from hybridlens.models import build
+    from hybridlens.study.train import Diverged, Trainer, seed_everything
 
     cfg = parse_config(config["study"], "study config")
     cell = {k: config[k] for k in ("architecture", "activation", "seed")}

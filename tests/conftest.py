@@ -19,14 +19,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def task1_small():
-    from study.simulate import simulate_task1
+    from hybridlens.study.simulate import simulate_task1
 
     return simulate_task1(num_seqs=4000, seed=7)
 
 
 @pytest.fixture(scope="session")
 def task2_small():
-    from study.simulate import simulate_task2
+    from hybridlens.study.simulate import simulate_task2
 
     return simulate_task2(num_seqs=4000, seed=8)
 
@@ -34,7 +34,7 @@ def task2_small():
 @pytest.fixture(scope="session")
 def task1_file(tmp_path_factory, task1_small):
     """Task 1 dataset written to a real HDF5 file."""
-    from analysis.datasets import write_dataset
+    from hybridlens.analysis.datasets import write_dataset
 
     path = tmp_path_factory.mktemp("data") / "task1.h5"
     write_dataset(path, task1_small)

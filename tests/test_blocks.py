@@ -2,7 +2,7 @@
 
 import torch
 
-from models.blocks import BiLSTM, MultiHeadAttention, TransformerBlock
+from hybridlens.models.blocks import BiLSTM, MultiHeadAttention, TransformerBlock
 
 
 def test_attention_equals_torch_multihead_attention():

@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from analysis.datasets import load_dataset
+from hybridlens.analysis.datasets import load_dataset
 
 
 def run(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "study.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "hybridlens.study.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
     )
 
 
@@ -40,7 +40,7 @@ def test_data_task2_options(tmp_path):
 
 
 def test_data_task2_code_background(tmp_path):
-    from study.simulate import CODE_BACKGROUND_IDS
+    from hybridlens.study.simulate import CODE_BACKGROUND_IDS
 
     out = tmp_path / "t2code.h5"
     r = run("data", "task2", "--out", str(out), "--num-seqs", "200", "--background", "code")

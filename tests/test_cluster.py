@@ -7,10 +7,10 @@ import sys
 import pytest
 import yaml
 
-from analysis.datasets import write_dataset
-from study import tracking
-from study.runner import load_launch
-from study.simulate import simulate_task1
+from hybridlens.analysis.datasets import write_dataset
+from hybridlens.study import tracking
+from hybridlens.study.runner import load_launch
+from hybridlens.study.simulate import simulate_task1
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_study_runs_across_two_nodes(tmp_path):
         cluster.wait_for_nodes()
         work = tmp_path / "work"
         r = subprocess.run(
-            [sys.executable, "-m", "study.cli", "study", str(cfg), "--workdir", str(work),
+            [sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work),
              "--ray-address", cluster.address, "--storage-path", str(tmp_path / "shared"), "--no-analyze"],
             capture_output=True, text=True, timeout=600,
         )
@@ -60,7 +60,7 @@ def test_study_tracks_to_a_real_mlflow_server(tmp_path):
     import time
     import urllib.request
 
-    from analysis.runs import find_study
+    from hybridlens.analysis.runs import find_study
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,7 +87,7 @@ def test_study_tracks_to_a_real_mlflow_server(tmp_path):
             "name": "srv", "task": "task1", "data": {"path": str(data)},
             "grid": {"architectures": ["C24"], "activations": ["relu", "exp"], "seeds": [0]}, "train": {"epochs": 2},
         }))
-        r = subprocess.run([sys.executable, "-m", "study.cli", "study", str(cfg), "--workdir", str(tmp_path / "work"),
+        r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(tmp_path / "work"),
                             "--tracking-uri", uri], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         sr = find_study(uri, "srv")

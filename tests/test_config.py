@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study.config import load_config, parse_config
+from hybridlens.study.config import load_config, parse_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -73,7 +73,7 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path):
     cfg.write_text(yaml.safe_dump({"name": "x", "task": "task1", "train": {"epochs": 0}}))
     work = tmp_path / "work"
     r = subprocess.run(
-        [sys.executable, "-m", "study.cli", "study", str(cfg), "--workdir", str(work)],
+        [sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)],
         capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 1

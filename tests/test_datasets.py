@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from analysis.datasets import SPLITS, content_hash, load_dataset, write_dataset
+from hybridlens.analysis.datasets import SPLITS, content_hash, load_dataset, write_dataset
 
 
 def test_round_trip_keys_and_attrs(task1_small, task1_file):
@@ -28,7 +28,7 @@ def test_round_trip_keys_and_attrs(task1_small, task1_file):
 
 
 def test_same_seed_same_file_hash(tmp_path):
-    from study.simulate import simulate_task2
+    from hybridlens.study.simulate import simulate_task2
 
     hashes = []
     for i, seed in enumerate([5, 5, 6]):
@@ -86,7 +86,7 @@ def test_not_hdf5_and_missing(tmp_path):
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, task1_small, monkeypatch):
-    import analysis.datasets as mod
+    import hybridlens.analysis.datasets as mod
 
     # Fault injection: an interrupt after the temporary file holds two datasets.
     calls = []

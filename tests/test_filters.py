@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from analysis.filters import align_filters, clip_filters, filter_motifs
-from models import build
+from hybridlens.analysis.filters import align_filters, clip_filters, filter_motifs
+from hybridlens.models import build
 
 
 def _onehot(idx):

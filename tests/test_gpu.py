@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.datasets import Dataset, Split
-from models import GRID, build
-from study.train import TensorData, TrainConfig, Trainer, seed_everything
+from hybridlens.analysis.datasets import Dataset, Split
+from hybridlens.models import GRID, build
+from hybridlens.study.train import TensorData, TrainConfig, Trainer, seed_everything
 
 pytestmark = pytest.mark.gpu
 
@@ -60,7 +60,7 @@ def test_trainer_learns_on_gpu(name):
 def test_saliency_through_lstm_on_gpu_matches_cpu(monkeypatch):
     """cuDNN refuses the backward pass through an LSTM in eval mode; grad_times_input turns cuDNN
     off for it, and then agrees with the CPU."""
-    from analysis.saliency import grad_times_input
+    from hybridlens.analysis.saliency import grad_times_input
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models import GRID, TASK_SIZES, build, count_parameters
+from hybridlens.models import GRID, TASK_SIZES, build, count_parameters
 
 ACTS = ("relu", "exp")
 

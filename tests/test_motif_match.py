@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.filters import filter_motifs
-from analysis.ground_truth import TASK1_MOTIFS, GroundTruth
-from analysis.motif_match import comparison_database, filter_matches, match_stats
-from analysis.motifs import fetch_motif
-from models import build
+from hybridlens.analysis.filters import filter_motifs
+from hybridlens.analysis.ground_truth import TASK1_MOTIFS, GroundTruth
+from hybridlens.analysis.motif_match import comparison_database, filter_matches, match_stats
+from hybridlens.analysis.motifs import fetch_motif
+from hybridlens.models import build
 
 GT = GroundTruth.from_motifs({"MA0058.3": "MAX", "MA0079.3": "SP1", "MA0052.3": "MEF2A"})
 TASK1 = {i: n for n, i in TASK1_MOTIFS.items()}

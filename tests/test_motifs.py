@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from analysis.motifs import (
+from hybridlens.analysis.motifs import (
     Motif,
     fetch_collection,
     fetch_motif,

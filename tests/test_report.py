@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.datasets import write_dataset
-from analysis.runs import TAG_KIND, TAG_OUTCOME, TAG_PARENT, child_runs, client, find_study
-from study.runner import run_study
-from study.simulate import simulate_task1, simulate_task2
+from hybridlens.analysis.datasets import write_dataset
+from hybridlens.analysis.runs import TAG_KIND, TAG_OUTCOME, TAG_PARENT, child_runs, client, find_study
+from hybridlens.study.runner import run_study
+from hybridlens.study.simulate import simulate_task1, simulate_task2
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def task1(tmp_path_factory):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "hybridlens.study.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 def _artifacts(c, run_id: str, path: str = "analysis") -> list[str]:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.saliency import grad_times_input, saliency_metrics, summarize
-from models import build
+from hybridlens.analysis.saliency import grad_times_input, saliency_metrics, summarize
+from hybridlens.models import build
 
 
 def _pwm(length, motif=(), weak=()):

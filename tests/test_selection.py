@@ -2,8 +2,8 @@
 
 import pytest
 
-from analysis.runs import TAG_KIND, TAG_OUTCOME, TAG_PARENT, TAG_STUDY, child_runs, client, find_study, sqlite_uri
-from analysis.selection import select_best
+from hybridlens.analysis.runs import TAG_KIND, TAG_OUTCOME, TAG_PARENT, TAG_STUDY, child_runs, client, find_study, sqlite_uri
+from hybridlens.analysis.selection import select_best
 
 
 @pytest.fixture

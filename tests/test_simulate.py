@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis.datasets import SPLITS
-from analysis.motifs import fetch_motifs, information_content, reverse_complement
-from study.simulate import (
+from hybridlens.analysis.datasets import SPLITS
+from hybridlens.analysis.motifs import fetch_motifs, information_content, reverse_complement
+from hybridlens.study.simulate import (
     CODE_BACKGROUND_IDS,
     COUNT_PROBS,
     SIMILARITY_MIN_OVERLAP,

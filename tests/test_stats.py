@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.stats import aggregate, paired_exp_vs_relu, to_markdown
+from hybridlens.analysis.stats import aggregate, paired_exp_vs_relu, to_markdown
 
 
 def _frame():

@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 
-from analysis.datasets import load_dataset, write_dataset
-from analysis.motifs import read_meme
-from models import build
-from study import tracking
-from study.runner import load_launch, run_study
-from study.simulate import simulate_task1
+from hybridlens.analysis.datasets import load_dataset, write_dataset
+from hybridlens.analysis.motifs import read_meme
+from hybridlens.models import build
+from hybridlens.study import tracking
+from hybridlens.study.runner import load_launch, run_study
+from hybridlens.study.simulate import simulate_task1
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,7 @@ def test_smoke_study_end_to_end(tmp_path, smoke, data_file):
 
 
 def test_runs_table(smoke):
-    r = subprocess.run([sys.executable, "-m", "study.cli", "runs", "--workdir", str(smoke[0])], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "runs", "--workdir", str(smoke[0])], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].split()[:5] == ["architecture", "activation", "seed", "status", "outcome"]
@@ -126,7 +126,7 @@ def test_ui_serves_the_store_on_localhost(smoke):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "ui", "--workdir", str(smoke[0]), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "hybridlens.study.cli", "ui", "--workdir", str(smoke[0]), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         end = time.time() + 90
@@ -208,7 +208,7 @@ def test_nan_diverging_trial_is_recorded_as_diverged(tmp_path, data_file):
 
 
 def _cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen([sys.executable, "-m", "hybridlens.study.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def _db_counts(db: Path) -> dict[str, int]:
@@ -267,14 +267,14 @@ def test_kill_driver_then_resume(tmp_path, data_file, sig):
     assert finished_before and len(finished_before) < 4  # interrupted mid-study
     if sig == signal.SIGKILL:
         assert any(r.info.status == "RUNNING" for r in before)  # nobody could clean up ...
-        r = subprocess.run([sys.executable, "-m", "study.cli", "reconcile", "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "reconcile", "--workdir", str(work)], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and "KILLED" in r.stderr, r.stderr
     _, _, now = runs_of(work)
     assert not any(r.info.status == "RUNNING" for r in now)  # ... reconcile (or the driver) marked them
     assert any(r.info.status == "KILLED" for r in now)
     assert c.get_run(launch.parent_run_id).info.status == "KILLED"
 
-    r = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(work), "--no-analyze"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "resume", str(work), "--no-analyze"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     _, _, after = runs_of(work)
     names = [x.data.tags["mlflow.runName"] for x in after]
@@ -304,7 +304,7 @@ def test_kill_driver_then_resume(tmp_path, data_file, sig):
 def test_unreachable_services_fail_before_work(tmp_path, data_file, extra, message):
     cfg = write_config(tmp_path, data_file)
     work = tmp_path / "work"
-    r = subprocess.run([sys.executable, "-m", "study.cli", "study", str(cfg), "--workdir", str(work), *extra], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work), *extra], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
@@ -323,7 +323,7 @@ def test_impossible_resources_fail_before_work(tmp_path, data_file, resources, m
     cfg = write_config(tmp_path, data_file, **resources)
     work = tmp_path / "work"
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "study.cli", "study", str(cfg), "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and time.monotonic() - t0 < 60
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
@@ -333,7 +333,7 @@ def test_impossible_resources_fail_before_work(tmp_path, data_file, resources, m
 def test_missing_dataset_path(tmp_path, data_file):
     cfg = write_config(tmp_path, tmp_path / "nope.h5")
     work = tmp_path / "work"
-    r = subprocess.run([sys.executable, "-m", "study.cli", "study", str(cfg), "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         f"hybridlens: error: dataset {tmp_path / 'nope.h5'} (data.path) does not exist; generate it with "
@@ -344,7 +344,7 @@ def test_missing_dataset_path(tmp_path, data_file):
 
 def test_resume_and_runs_without_a_study(tmp_path):
     for args in (["resume", str(tmp_path)], ["runs", "--workdir", str(tmp_path)]):
-        r = subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and "holds no study" in r.stderr
 
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from models import build
-from study.simulate import simulate_task1
-from study.train import Diverged, TensorData, TrainConfig, Trainer, seed_everything
+from hybridlens.models import build
+from hybridlens.study.simulate import simulate_task1
+from hybridlens.study.train import Diverged, TensorData, TrainConfig, Trainer, seed_everything
 
 
 @pytest.fixture(scope="module")
