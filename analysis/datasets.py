@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hybridlens.analysis.atomic import atomic_path
+from hybridlens.analysis.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 PLACEMENT_DTYPE = np.dtype([("seq", "<i4"), ("motif", "<i2"), ("start", "<i2"), ("width", "<i2"), ("strand", "i1")])
@@ -95,11 +96,11 @@ def check_output_path(path: str | os.PathLike, *, force: bool = False) -> Path:
     """Validate a path about to be written: parent folder exists, not a folder, no file unless ``force``."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"output path {path} is a folder; give a file name such as {path / 'data.h5'}")
+        raise UserError(f"output path {path} is a folder; give a file name such as {path / 'data.h5'}")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it first")
+        raise UserError(f"output folder {path.parent} does not exist; create it first")
     if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists; pass --force to overwrite it")
+        raise UserError(f"{path} already exists; pass --force to overwrite it")
     return path
 
 
@@ -165,11 +166,11 @@ def load_dataset(
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"dataset {path} does not exist; generate it with 'hybridlens data task1 --out {path}'")
+        raise UserError(f"dataset {path} does not exist; generate it with 'hybridlens data task1 --out {path}'")
     try:
         f = h5py.File(path, "r")
     except OSError:
-        raise ValueError(f"{path} is not an HDF5 file") from None
+        raise UserError(f"{path} is not an HDF5 file") from None
     with f:
         keys = set(f.keys())
         out: dict[str, Split] = {}
@@ -178,19 +179,19 @@ def load_dataset(
             need = [f"X_{s}", f"Y_{s}"] + ([f"model_{s}"] if require_model else [])
             missing = [k for k in need if k not in keys]
             if missing:
-                raise ValueError(f"{path}: missing key {missing[0]!r} (found: {', '.join(sorted(keys)) or 'none'})")
+                raise UserError(f"{path}: missing key {missing[0]!r} (found: {', '.join(sorted(keys)) or 'none'})")
             x_ds, y_ds = f[f"X_{s}"], f[f"Y_{s}"]
             if len(x_ds.shape) != 3 or x_ds.shape[1] != 4:
-                raise ValueError(f"{path}: X_{s} has shape {x_ds.shape}; expected (N, 4, L) one-hot, length last")
+                raise UserError(f"{path}: X_{s} has shape {x_ds.shape}; expected (N, 4, L) one-hot, length last")
             n, _, L = x_ds.shape
             if length is None:
                 length = L
             elif L != length:
-                raise ValueError(f"{path}: X_{s} has length {L} but X_train has length {length}")
+                raise UserError(f"{path}: X_{s} has length {L} but X_train has length {length}")
             if len(y_ds.shape) != 2 or y_ds.shape[0] != n:
-                raise ValueError(f"{path}: Y_{s} has shape {y_ds.shape}; expected ({n}, T)")
+                raise UserError(f"{path}: Y_{s} has shape {y_ds.shape}; expected ({n}, T)")
             if f"model_{s}" in keys and f[f"model_{s}"].shape != x_ds.shape:
-                raise ValueError(f"{path}: model_{s} has shape {f[f'model_{s}'].shape}; expected {x_ds.shape} like X_{s}")
+                raise UserError(f"{path}: model_{s} has shape {f[f'model_{s}'].shape}; expected {x_ds.shape} like X_{s}")
             if s not in splits:
                 out[s] = Split(np.zeros((0, 4, L), np.float32), np.zeros((0, y_ds.shape[1]), np.float32), None)
                 continue
@@ -201,6 +202,6 @@ def load_dataset(
             out[s] = Split(np.asarray(x_ds, dtype=np.float32), np.asarray(y_ds, dtype=np.float32), model, plc)
         t = {out[s].y.shape[1] for s in SPLITS}
         if len(t) != 1:
-            raise ValueError(f"{path}: Y_* splits disagree on the number of labels: {sorted(t)}")
+            raise UserError(f"{path}: Y_* splits disagree on the number of labels: {sorted(t)}")
         attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
     return Dataset(out["train"], out["valid"], out["test"], attrs=attrs, path=path)

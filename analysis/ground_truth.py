@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from hybridlens.analysis.errors import UserError
+
 #: Task 1's ground-truth motifs (JASPAR 2016), in label order.
 TASK1_MOTIFS: dict[str, str] = {
     "Arid3a": "MA0151.1",
@@ -80,9 +82,9 @@ class GroundTruth:
         if rule == "reference_lists":
             missing = sorted(set(motifs) - set(REFERENCE_LISTS))
             if missing:
-                raise ValueError(f"the reference lists have no entry for {', '.join(missing)}; use ground truth 'base_ids'")
+                raise UserError(f"the reference lists have no entry for {', '.join(missing)}; use ground truth 'base_ids'")
             return cls({t: n for i, n in motifs.items() for t in REFERENCE_LISTS[i]}, rule)
-        raise ValueError(f"unknown ground-truth rule {rule!r}; choose one of {', '.join(GROUND_TRUTH_RULES)}")
+        raise UserError(f"unknown ground-truth rule {rule!r}; choose one of {', '.join(GROUND_TRUTH_RULES)}")
 
     def match(self, target_id: str) -> str | None:
         """The ground-truth TF name that ``target_id`` counts as, or None."""

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from hybridlens.analysis.atomic import atomic_write_text
+from hybridlens.analysis.errors import UserError
 
 ALPHABET = "ACGT"
 #: The JASPAR release of the ground-truth motifs of both tasks (Koo & Eddy 2019; Koo & Ploenzke 2021).
@@ -133,7 +134,7 @@ def available_releases() -> tuple[str, ...]:
 def _jaspar(release: str):
     releases = available_releases()
     if release not in releases:
-        raise ValueError(f"unknown JASPAR release {release!r}; choose one of {', '.join(releases)}")
+        raise UserError(f"unknown JASPAR release {release!r}; choose one of {', '.join(releases)}")
     from pyjaspar import jaspardb
 
     return jaspardb(release=release)
@@ -148,14 +149,14 @@ def _from_jaspar(m) -> Motif:
 def fetch_motif(motif_id: str, release: str = SIMULATION_RELEASE) -> Motif:
     """Fetch one motif by its versioned matrix ID (e.g. ``"MA0151.1"``) from a bundled JASPAR release."""
     if not isinstance(motif_id, str) or not _ID_RE.match(motif_id) or "." not in motif_id:
-        raise ValueError(f"malformed JASPAR matrix ID {motif_id!r}; expected a versioned ID such as 'MA0151.1'")
+        raise UserError(f"malformed JASPAR matrix ID {motif_id!r}; expected a versioned ID such as 'MA0151.1'")
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = _jaspar(release).fetch_motif_by_id(motif_id)
     if m is None:
-        raise ValueError(f"JASPAR matrix ID {motif_id!r} is not in release {release}")
+        raise UserError(f"JASPAR matrix ID {motif_id!r} is not in release {release}")
     return _from_jaspar(m)
 
 
@@ -222,7 +223,7 @@ def write_meme(motifs: Sequence[Motif], path: str | os.PathLike, *, precision: i
     """Write ``motifs`` to a MEME v4 file (atomically) and return its path."""
     path = Path(path)
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
     atomic_write_text(path, format_meme(motifs, precision=precision))
     return path
 
@@ -238,10 +239,10 @@ def read_meme(path: str | os.PathLike) -> list[Motif]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"MEME file {path} does not exist")
+        raise UserError(f"MEME file {path} does not exist")
     text = path.read_text()
     if not re.search(r"^MEME version \d", text, flags=re.M):
-        raise ValueError(f"{path} is not a MEME motif file (no 'MEME version' line)")
+        raise UserError(f"{path} is not a MEME motif file (no 'MEME version' line)")
     lines = text.splitlines()
     motifs: list[Motif] = []
     i = 0
@@ -252,22 +253,22 @@ def read_meme(path: str | os.PathLike) -> list[Motif]:
             continue
         parts = line.split()
         if len(parts) < 2:
-            raise ValueError(f"{path}: line {i + 1}: MOTIF line without an ID")
+            raise UserError(f"{path}: line {i + 1}: MOTIF line without an ID")
         mid, name = parts[1], (parts[2] if len(parts) > 2 else parts[1])
         i += 1
         while i < len(lines) and not lines[i].strip().startswith("letter-probability matrix"):
             if lines[i].strip().startswith("MOTIF"):
-                raise ValueError(f"{path}: motif {mid!r} has no letter-probability matrix")
+                raise UserError(f"{path}: motif {mid!r} has no letter-probability matrix")
             i += 1
         if i >= len(lines):
-            raise ValueError(f"{path}: motif {mid!r} has no letter-probability matrix")
+            raise UserError(f"{path}: motif {mid!r} has no letter-probability matrix")
         m = re.search(r"w=\s*(\d+)", lines[i])
         width = int(m.group(1)) if m else None
         m = re.search(r"nsites=\s*(\S+)", lines[i])
         try:
             nsites = float(m.group(1)) if m else None
         except ValueError:
-            raise ValueError(f"{path}: motif {mid!r}: malformed nsites= {m.group(1)!r}") from None
+            raise UserError(f"{path}: motif {mid!r}: malformed nsites= {m.group(1)!r}") from None
         i += 1
         rows: list[list[float]] = []
         while i < len(lines):
@@ -282,15 +283,15 @@ def read_meme(path: str | os.PathLike) -> list[Motif]:
             try:
                 vals = [float(v) for v in s.split()]
             except ValueError:
-                raise ValueError(f"{path}: motif {mid!r}: line {i + 1} is not a row of numbers: {s!r}") from None
+                raise UserError(f"{path}: motif {mid!r}: line {i + 1} is not a row of numbers: {s!r}") from None
             if len(vals) != 4:
-                raise ValueError(f"{path}: motif {mid!r}: line {i + 1} has {len(vals)} values, expected 4")
+                raise UserError(f"{path}: motif {mid!r}: line {i + 1} has {len(vals)} values, expected 4")
             rows.append(vals)
             i += 1
         if width is not None and len(rows) != width:
-            raise ValueError(f"{path}: motif {mid!r}: header says w= {width} but {len(rows)} rows follow")
+            raise UserError(f"{path}: motif {mid!r}: header says w= {width} but {len(rows)} rows follow")
         pwm = validate_pwm(np.array(rows, dtype=np.float64).T.reshape(4, -1), mid)
         motifs.append(Motif(mid, name, pwm, nsites))
     if not motifs:
-        raise ValueError(f"{path} holds no MOTIF entries")
+        raise UserError(f"{path} holds no MOTIF entries")
     return motifs

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hybridlens.analysis import runs as mlruns
+from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.selection import Selection, run_label, select_best
 
 Echo = Callable[[str], None]
@@ -157,15 +158,14 @@ def analyze_study(
     import torch
 
     from hybridlens.analysis.figures import FIGURE_METRICS, filter_logos_many, scatter_exp_vs_relu
+    from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
     from hybridlens.analysis.motif_match import comparison_database
     from hybridlens.analysis.motifs import write_meme
     from hybridlens.analysis.saliency import grad_times_input, saliency_metrics, summarize
     from hybridlens.analysis.stats import aggregate, paired_exp_vs_relu, to_markdown
 
-    from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
-
     if ground_truth not in GROUND_TRUTH_RULES:
-        raise ValueError(f"unknown ground-truth rule {ground_truth!r}; choose one of {', '.join(GROUND_TRUTH_RULES)}")
+        raise UserError(f"unknown ground-truth rule {ground_truth!r}; choose one of {', '.join(GROUND_TRUTH_RULES)}")
     t0 = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     sr = mlruns.find_study(uri, study, parent_run_id)
@@ -175,7 +175,7 @@ def analyze_study(
     for label, why in skipped:
         echo(f"  skipping {label}: {why}")
     if not sel.usable:
-        raise ValueError(f"study {study!r} has no finished {task} run to analyse ({len(skipped)} skipped)")
+        raise UserError(f"study {study!r} has no finished {task} run to analyse ({len(skipped)} skipped)")
     echo(f"analysing {len(sel.usable)} {task} runs of study {study!r} (best {sel.top_k} per configuration, ranked on {sel.rank_key}; ground truth: {ground_truth})")
     c = mlruns.client(uri)
     data = _Data()
@@ -223,7 +223,7 @@ def analyze_study(
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
             echo(f"  [{i}/{len(sel.usable)}] {label}: {shown}")
         if not rows:
-            raise ValueError(f"no run of study {study!r} could be analysed ({len(skipped)} skipped)")
+            raise UserError(f"no run of study {study!r} could be analysed ({len(skipped)} skipped)")
 
         from hybridlens.models import GRID
 

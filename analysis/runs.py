@@ -1,6 +1,6 @@
-"""Reading a study from MLflow: the layout's names (SPEC.md "MLflow layout"), finding a study's
-parent and child runs, and fetching a run's artifacts. The study writes this layout (study.tracking);
-the analysis reads it from here, so it never needs the study's Ray code.
+"""Reading a study from MLflow (the layout: :mod:`hybridlens.analysis.mlflow_layout`): the store's
+URI, finding a study's parent and child runs, fetching a run's artifacts. The study writes the layout
+(``hybridlens.study.tracking``); the analysis reads it from here, without the study's Ray code.
 """
 
 from __future__ import annotations
@@ -13,17 +13,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybridlens.analysis.errors import UserError
+
 # MLflow draws a progress bar for every artifact download; the analysis prints its own progress.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-TAG_STUDY = "hybridlens.study"
-TAG_TRIAL = "hybridlens.trial_id"
-TAG_CONFIG_HASH = "hybridlens.config_hash"
-TAG_DATASET_HASH = "hybridlens.dataset_hash"
-TAG_KIND = "hybridlens.kind"  # parent | trial
-TAG_OUTCOME = "hybridlens.outcome"  # finished | diverged | failed | killed
-TAG_NODE = "hybridlens.node_id"
-TAG_PARENT = "mlflow.parentRunId"
+from hybridlens.analysis.mlflow_layout import TAG_KIND, TAG_PARENT, TAG_STUDY
 
 
 def sqlite_uri(workdir: Path) -> str:
@@ -37,18 +32,18 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as r:
                 if r.status != 200:
-                    raise ValueError(f"MLflow tracking server {uri} answered {r.status} on /health")
+                    raise UserError(f"MLflow tracking server {uri} answered {r.status} on /health")
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise ValueError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix --tracking-uri") from None
+            raise UserError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix --tracking-uri") from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not folder.is_dir():
-            raise ValueError(f"tracking URI {uri}: folder {folder} does not exist")
+            raise UserError(f"tracking URI {uri}: folder {folder} does not exist")
     elif uri.startswith("file:") or "://" not in uri:
-        raise ValueError(f"tracking URI {uri!r}: MLflow's file store is not supported; use sqlite:///PATH/mlflow.db or an http(s) server")
+        raise UserError(f"tracking URI {uri!r}: MLflow's file store is not supported; use sqlite:///PATH/mlflow.db or an http(s) server")
     else:
-        raise ValueError(f"tracking URI {uri!r}: use sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
+        raise UserError(f"tracking URI {uri!r}: use sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
 
 
 def client(uri: str):
@@ -97,7 +92,7 @@ def find_study(uri: str, study: str, parent_run_id: str | None = None) -> StudyR
     exp = c.get_experiment_by_name(study)
     if exp is None:
         names = sorted(e.name for e in c.search_experiments() if e.name != "Default")
-        raise ValueError(f"unknown study {study!r} in {uri}; studies there: {', '.join(names) or 'none'}")
+        raise UserError(f"unknown study {study!r} in {uri}; studies there: {', '.join(names) or 'none'}")
     if parent_run_id:
         parent = c.get_run(parent_run_id)
     else:
@@ -108,7 +103,7 @@ def find_study(uri: str, study: str, parent_run_id: str | None = None) -> StudyR
             max_results=1,
         )
         if not parents:
-            raise ValueError(f"study {study!r} has no launch (parent run) in {uri}")
+            raise UserError(f"study {study!r} has no launch (parent run) in {uri}")
         parent = parents[0]
     return StudyRuns(uri, exp.experiment_id, parent, child_runs(c, exp.experiment_id, parent.info.run_id))
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hybridlens.analysis.runs import TAG_OUTCOME
+from hybridlens.analysis.errors import UserError
+from hybridlens.analysis.mlflow_layout import TAG_OUTCOME, cell_name
+from hybridlens.analysis.tasks import TASKS, task_spec
 
-#: The ranking metric per task: AUPR for Task 1, AUROC for Task 2 (the paper's classification metric).
-RANK_METRIC = {"task1": "aupr", "task2": "auroc"}
-DEFAULT_TOP_K = {"task1": 3, "task2": 5}
 RANK_ON = ("valid", "test")
 
 
@@ -24,13 +23,14 @@ class Selection:
 
     @property
     def rank_key(self) -> str:
-        m = RANK_METRIC[self.task]
+        m = TASKS[self.task].metric
         return f"best_val_{m}" if self.rank_on == "valid" else f"test_{m}"
 
 
 def run_label(run) -> str:
+    """The run's grid cell name (``C24-exp-s0``), from its params."""
     p = run.data.params
-    return f"{p.get('architecture', '?')}-{p.get('activation', '?')}-s{p.get('seed', '?')}"
+    return cell_name(p.get("architecture", "?"), p.get("activation", "?"), p.get("seed", "?"))
 
 
 def select_best(runs: list, *, task: str | None = None, top_k: int | None = None, rank_on: str = "valid") -> Selection:
@@ -40,15 +40,13 @@ def select_best(runs: list, *, task: str | None = None, top_k: int | None = None
     runs of another task than ``task`` (default: the task of the runs, which must agree).
     """
     if rank_on not in RANK_ON:
-        raise ValueError(f"unknown rank_on {rank_on!r}; choose one of {', '.join(RANK_ON)}")
+        raise UserError(f"unknown rank_on {rank_on!r}; choose one of {', '.join(RANK_ON)}")
     tasks = sorted({r.data.params.get("task") for r in runs if r.data.params.get("task")})
     if task is None:
         if len(tasks) != 1:
-            raise ValueError(f"runs belong to tasks {tasks or 'none'}; name one with --task")
+            raise UserError(f"runs belong to tasks {tasks or 'none'}; name one with --task")
         task = tasks[0]
-    if task not in RANK_METRIC:
-        raise ValueError(f"unknown task {task!r}; choose one of task1, task2")
-    sel = Selection(task, top_k or DEFAULT_TOP_K[task], rank_on)
+    sel = Selection(task, top_k or task_spec(task).top_k, rank_on)
     groups: dict[tuple[str, str], list] = {}
     for r in runs:
         outcome = r.data.tags.get(TAG_OUTCOME, "")

@@ -25,7 +25,6 @@ from hybridlens.models.blocks import (
 )
 
 BASELINES = ("C24", "C4C6", "C4")
-TASKS = ("task1", "task2")
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,7 @@ TASK_SIZES: dict[str, Sizes] = {
     "task1": Sizes(filters=32, lstm_units=128, key_size=128, dense_units=512, num_outputs=12),
     "task2": Sizes(filters=24, lstm_units=48, key_size=48, dense_units=96, num_outputs=1),
 }
+TASKS = tuple(TASK_SIZES)
 
 
 def _choices(kind: str, value, valid) -> ValueError:

@@ -1,7 +1,8 @@
 """The ``hybridlens`` command.
 
-Errors a user can fix (bad paths, bad files, bad options) end the command with one line on stderr,
-``hybridlens: error: ...``, and a non-zero exit code; no traceback.
+Input a user can fix (a config, a path, a service address, a study name: :class:`UserError`) ends the
+command with one line on stderr, ``hybridlens: error: ...``, and exit code 2. Any other exception is a
+bug: it propagates with its traceback (exit code 1).
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from hybridlens.analysis.errors import UserError
+from hybridlens.analysis.tasks import TASKS
+from hybridlens.study.launches import DEFAULT_WORKDIR
 
 try:  # typer >= 0.20 carries its own copy of click
     from typer._click import exceptions as click_exceptions
@@ -28,10 +33,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Generate the synthetic datasets (HDF5).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line."""
 
 
 def echo(msg: str) -> None:
@@ -66,8 +67,8 @@ def _write_data(task: str, out: Path, force: bool, **kwargs) -> None:
 @data_app.command("task1")
 def data_task1(
     out: Path = typer.Option(..., "--out", help="HDF5 file to write."),
-    seed: int = typer.Option(33, help="Random seed (same seed, same file content)."),
-    num_seqs: int = typer.Option(25_000, "--num-seqs", help="Total sequences (split 0.7/0.1/0.2)."),
+    seed: int = typer.Option(TASKS["task1"].data_seed, help="Random seed (same seed, same file content)."),
+    num_seqs: int = typer.Option(TASKS["task1"].num_seqs, "--num-seqs", help="Total sequences (split 0.7/0.1/0.2)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Task 1: multi-task TF binding, 12 JASPAR motifs, 1-5 per sequence (Koo & Eddy 2019)."""
@@ -77,8 +78,8 @@ def data_task1(
 @data_app.command("task2")
 def data_task2(
     out: Path = typer.Option(..., "--out", help="HDF5 file to write."),
-    seed: int = typer.Option(22, help="Random seed (same seed, same file content)."),
-    num_seqs: int = typer.Option(20_000, "--num-seqs", help="Total sequences, half positive (split 0.7/0.1/0.2)."),
+    seed: int = typer.Option(TASKS["task2"].data_seed, help="Random seed (same seed, same file content)."),
+    num_seqs: int = typer.Option(TASKS["task2"].num_seqs, "--num-seqs", help="Total sequences, half positive (split 0.7/0.1/0.2)."),
     max_motifs: int = typer.Option(5, "--max-motifs", help="3-5 motifs per sequence (paper) or 7 for 3-7 (code)."),
     background: str = typer.Option("filtered", "--background", help="Negative pool: 'filtered' (100 motifs unlike the core ones) or 'code' (the released code's 50)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
@@ -87,13 +88,15 @@ def data_task2(
     _write_data("task2", out, force, seed=seed, num_seqs=num_seqs, max_motifs=max_motifs, background=background)
 
 
-WORKDIR_HELP = "Working directory: MLflow store (mlflow.db), artifacts, Ray state, data."
+WORKDIR_OPTION = typer.Option(
+    Path(DEFAULT_WORKDIR), "--workdir", help="Working directory: MLflow store (mlflow.db), artifacts, Ray state, data."
+)
 
 
 @app.command("study")
 def study_cmd(
     config: Path = typer.Argument(..., help="Study YAML (see configs/)."),
-    workdir: Path = typer.Option(Path("hybridlens-work"), "--workdir", help=WORKDIR_HELP),
+    workdir: Path = WORKDIR_OPTION,
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Existing Ray cluster (HOST:PORT or auto); default: a local Ray."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (http://HOST:PORT); default: sqlite in the workdir."),
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Ray Tune storage (shared by all nodes of a cluster); default: WORKDIR/ray."),
@@ -113,7 +116,7 @@ def study_cmd(
         analyze=not no_analyze,
         echo=echo,
     )
-    if not summary["complete"]:
+    if not summary.complete:
         raise typer.Exit(3)
 
 
@@ -126,28 +129,28 @@ def resume_cmd(
     """Resume an interrupted study: only unfinished trials run, from their checkpoints."""
     from hybridlens.study.runner import resume_study
 
-    if not resume_study(workdir, study, analyze=not no_analyze, echo=echo)["complete"]:
+    if not resume_study(workdir, study, analyze=not no_analyze, echo=echo).complete:
         raise typer.Exit(3)
 
 
 @app.command("reconcile")
 def reconcile_cmd(
-    workdir: Path = typer.Option(Path("hybridlens-work"), "--workdir", help=WORKDIR_HELP),
+    workdir: Path = WORKDIR_OPTION,
     study: Optional[str] = typer.Option(None, "--study", help="Study name, when the workdir holds several."),
 ) -> None:
     """Mark runs left RUNNING by a killed (SIGKILL) study driver as KILLED."""
-    from hybridlens.study.runner import reconcile
+    from hybridlens.study.launches import reconcile
 
     reconcile(workdir, study, echo=echo)
 
 
 @app.command("runs")
 def runs_cmd(
-    workdir: Path = typer.Option(Path("hybridlens-work"), "--workdir", help=WORKDIR_HELP),
+    workdir: Path = WORKDIR_OPTION,
     study: Optional[str] = typer.Option(None, "--study", help="Study name, when the workdir holds several."),
 ) -> None:
     """Print a table of the study's trials (latest launch) and their statuses."""
-    from hybridlens.study.runner import load_launch
+    from hybridlens.study.launches import load_launch
     from hybridlens.study.tracking import runs_table
 
     launch = load_launch(workdir, study)
@@ -157,7 +160,7 @@ def runs_cmd(
 @app.command("analyze")
 def analyze_cmd(
     study: str = typer.Option(..., "--study", help="Study name (the MLflow experiment)."),
-    workdir: Path = typer.Option(Path("hybridlens-work"), "--workdir", help=WORKDIR_HELP),
+    workdir: Path = WORKDIR_OPTION,
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server or store; default: the workdir's mlflow.db."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Best runs per configuration (default: 3 for Task 1, 5 for Task 2)."),
     rank_on: str = typer.Option("valid", "--rank-on", help="Rank runs on the validation (default) or test metric."),
@@ -176,14 +179,14 @@ def analyze_cmd(
         uri = tracking_uri
     else:
         if not (workdir / "mlflow.db").is_file():
-            raise FileNotFoundError(f"{workdir / 'mlflow.db'} does not exist; pass --workdir of a study or --tracking-uri")
+            raise UserError(f"{workdir / 'mlflow.db'} does not exist; pass --workdir of a study or --tracking-uri")
         uri = sqlite_uri(workdir)
     analyze_study(uri, study, task=task, top_k=top_k, rank_on=rank_on, ground_truth=ground_truth, out_dir=out or workdir / "analysis" / study, echo=echo)
 
 
 @app.command("ui")
 def ui_cmd(
-    workdir: Path = typer.Option(Path("hybridlens-work"), "--workdir", help=WORKDIR_HELP),
+    workdir: Path = WORKDIR_OPTION,
     port: int = typer.Option(5000, "--port"),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 127.0.0.1 keeps the UI on this machine."),
 ) -> None:
@@ -192,7 +195,7 @@ def ui_cmd(
 
     db = workdir / "mlflow.db"
     if not db.is_file():
-        raise FileNotFoundError(f"{db} does not exist; run a study with --workdir {workdir} first")
+        raise UserError(f"{db} does not exist; run a study with --workdir {workdir} first")
     uri = f"sqlite:///{db.resolve()}"
     echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl+C stops it")
     # the mlflow of this interpreter, whether or not its venv's bin/ is on PATH
@@ -220,10 +223,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("hybridlens: interrupted", file=sys.stderr)
         sys.exit(130)
-    except (UserError, ValueError, OSError, KeyError) as e:
-        msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
-        print(f"hybridlens: error: {msg}", file=sys.stderr)
-        sys.exit(1)
+    except UserError as e:  # input the user can fix: one line; anything else is a bug and keeps its traceback
+        print(f"hybridlens: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
+from hybridlens.analysis.tasks import TASKS
 from hybridlens.models import GRID, TASK_SIZES
 from hybridlens.models.blocks import ACTIVATIONS
 from hybridlens.study.simulate import BACKGROUNDS
 from hybridlens.study.train import MONITORS, TrainConfig
-
-#: Per task: the paper's LR-plateau / early-stopping metric and best-k (SPEC.md).
-TASK_DEFAULTS = {
-    "task1": {"monitor": "val_aupr", "top_k": 3},
-    "task2": {"monitor": "val_auroc", "top_k": 5},
-}
 
 
 class _Strict(BaseModel):
@@ -115,14 +112,16 @@ class ModelSection(SizeOverrides):
 
 
 class TrainSection(_Strict):
-    epochs: int = Field(default=100, ge=1)
-    batch_size: int = Field(default=100, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    monitor: Optional[str] = None  # task default when omitted
-    plateau_factor: float = Field(default=0.2, gt=0, lt=1)
-    plateau_patience: int = Field(default=4, ge=0)
-    min_lr: float = Field(default=1e-7, ge=0)
-    early_stopping_patience: Optional[int] = Field(default=10, ge=1)  # null: off
+    """The training settings a config may set; their defaults are :class:`TrainConfig`'s."""
+
+    epochs: int = Field(default=TrainConfig.epochs, ge=1)
+    batch_size: int = Field(default=TrainConfig.batch_size, ge=1)
+    lr: float = Field(default=TrainConfig.lr, gt=0)
+    monitor: Optional[str] = None  # the task's metric when omitted
+    plateau_factor: float = Field(default=TrainConfig.plateau_factor, gt=0, lt=1)
+    plateau_patience: int = Field(default=TrainConfig.plateau_patience, ge=0)
+    min_lr: float = Field(default=TrainConfig.min_lr, ge=0)
+    early_stopping_patience: Optional[int] = Field(default=TrainConfig.early_stopping_patience, ge=1)  # null: off
 
     @field_validator("monitor")
     @classmethod
@@ -182,11 +181,11 @@ class StudyConfig(_Strict):
             for key, default in (("max_motifs", 5), ("background", "filtered")):
                 if getattr(self.data, key) != default:
                     raise ValueError(f"data.{key} applies to task2 only; remove it for {self.task}")
-        d = TASK_DEFAULTS[self.task]
+        spec = TASKS[self.task]
         if self.train.monitor is None:
-            object.__setattr__(self, "train", self.train.model_copy(update={"monitor": d["monitor"]}))
+            object.__setattr__(self, "train", self.train.model_copy(update={"monitor": spec.monitor}))
         if self.analysis.top_k is None:
-            object.__setattr__(self, "analysis", self.analysis.model_copy(update={"top_k": d["top_k"]}))
+            object.__setattr__(self, "analysis", self.analysis.model_copy(update={"top_k": spec.top_k}))
         return self
 
     # ------------------------------------------------------------------------------------ derived
@@ -200,24 +199,14 @@ class StudyConfig(_Strict):
         ]
 
     def train_config(self, seed: int) -> TrainConfig:
-        t = self.train
-        return TrainConfig(
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            lr=t.lr,
-            monitor=t.monitor,
-            plateau_factor=t.plateau_factor,
-            plateau_patience=t.plateau_patience,
-            min_lr=t.min_lr,
-            early_stopping_patience=t.early_stopping_patience,
-            seed=seed,
-        )
+        """The trainer's settings for one cell: the validated ``train`` section and the cell's seed."""
+        return TrainConfig(**self.train.model_dump(), seed=seed)
 
     def resolved(self) -> dict:
         """Every setting with defaults filled in (what runs write next to their outputs)."""
         out = self.model_dump(mode="json")
         out["grid"]["architectures"] = self.grid.architecture_names()
-        out["model"]["sizes"] = {k: v for k, v in TASK_SIZES[self.task].__dict__.items()} | self.model.overrides()
+        out["model"]["sizes"] = asdict(TASK_SIZES[self.task]) | self.model.overrides()
         if self.model.per_architecture:
             out["model"]["per_architecture"] = {a: o.model_dump(exclude_none=True) for a, o in self.model.per_architecture.items()}
         return out
@@ -239,44 +228,51 @@ class StudyConfig(_Strict):
         )
 
 
+def settings_from_resolved(resolved: dict) -> dict:
+    """A resolved config (:meth:`StudyConfig.resolved`, as written to ``studies/NAME.yaml``) back to
+    settings that :func:`parse_config` accepts: the derived ``model.sizes`` dropped."""
+    out = {**resolved, "model": {k: v for k, v in resolved.get("model", {}).items() if k != "sizes"}}
+    return out
+
+
 def _format_error(source: str, err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-    msg = e["msg"]
-    if e["type"] == "extra_forbidden":
-        parent = e["loc"][:-1]
-        model: type[BaseModel] = StudyConfig
-        for p in parent:
-            if isinstance(p, str) and p in model.model_fields:
-                ann = model.model_fields[p].annotation
-                model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else model
-        msg = f"unknown key; valid keys here: {', '.join(model.model_fields)}"
-    elif e["type"] == "missing":
-        msg = "required key is missing"
-    msg = msg.removeprefix("Value error, ")
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {loc}: {msg}{more}"
+    """Every problem of ``err``, each with its key path: ``source: a.b: problem; c: problem``."""
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            model: type[BaseModel] = StudyConfig
+            for p in e["loc"][:-1]:
+                if isinstance(p, str) and p in model.model_fields:
+                    ann = model.model_fields[p].annotation
+                    model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else model
+            msg = f"unknown key; valid keys here: {', '.join(model.model_fields)}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        problems.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+    return f"{source}: " + "; ".join(problems)
 
 
 def parse_config(raw: dict, source: str = "config") -> StudyConfig:
-    """Validate a config mapping; raise ValueError with ``source: key.path: problem``."""
+    """Validate a config mapping; raise :class:`UserError` naming every problem with its key path."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: expected a mapping of settings at the top level")
+        raise UserError(f"{source}: expected a mapping of settings at the top level")
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as err:
-        raise ValueError(_format_error(source, err)) from None
+        raise UserError(_format_error(source, err)) from None
 
 
 def load_config(path: str | Path) -> StudyConfig:
     """Read and validate a study YAML file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise UserError(f"config file {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ValueError(f"{path}: not valid YAML{where}") from None
+        raise UserError(f"{path}: not valid YAML{where}") from None
     return parse_config(raw or {}, str(path))

@@ -21,8 +21,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from hybridlens.analysis.datasets import PLACEMENT_DTYPE, SPLITS, Dataset, Split
-from hybridlens.analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS  # noqa: F401 (re-exported)
+from hybridlens.analysis.errors import UserError
+from hybridlens.analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS
 from hybridlens.analysis.motifs import SIMULATION_RELEASE, Motif, fetch_collection, fetch_motifs, reverse_complement
+from hybridlens.analysis.tasks import TASKS, task_spec
 
 GENERATOR_VERSION = "hybridlens-simulate/1"
 SEQ_LEN = 200
@@ -30,8 +32,6 @@ SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 
 #: Probabilities of 1, 2, 3, 4, 5 motifs per sequence (Task 1), and of 3..7 (Task 2's code).
 COUNT_PROBS = (0.50, 0.25, 0.17, 0.05, 0.03)
-TASK1_DEFAULT_NUM_SEQS = 25_000
-TASK2_DEFAULT_NUM_SEQS = 20_000  # 10,000 positive + 10,000 negative
 TASK2_NUM_BACKGROUND = 100
 #: Similarity rule for Task 2's background pool: best mean column Pearson correlation over all
 #: ungapped alignments (both strands) with at least this many overlapping columns ...
@@ -184,11 +184,14 @@ def _assemble(
 
 
 def simulate_task1(
-    *, num_seqs: int = TASK1_DEFAULT_NUM_SEQS, seed: int = 33, progress: ProgressFn | None = None
+    *,
+    num_seqs: int = TASKS["task1"].num_seqs,
+    seed: int = TASKS["task1"].data_seed,
+    progress: ProgressFn | None = None,
 ) -> Dataset:
     """Task 1: 12 TF motifs (+RC), 1–5 per sequence, 12-label multi-hot (method.md §3.1)."""
     if num_seqs < 10:
-        raise ValueError(f"--num-seqs must be at least 10 (a split needs sequences), got {num_seqs}")
+        raise UserError(f"--num-seqs must be at least 10 (a split needs sequences), got {num_seqs}")
     motifs = fetch_motifs(TASK1_MOTIFS.values(), SIMULATION_RELEASE)
     pwms = _with_reverse_complements(motifs)
     rng = np.random.default_rng(seed)
@@ -263,13 +266,13 @@ def task2_background(background: str = "filtered") -> list[Motif]:
         return list(select_background_motifs())
     if background == "code":
         return fetch_motifs(CODE_BACKGROUND_IDS, SIMULATION_RELEASE)
-    raise ValueError(f"unknown background {background!r}; choose one of {', '.join(BACKGROUNDS)}")
+    raise UserError(f"unknown background {background!r}; choose one of {', '.join(BACKGROUNDS)}")
 
 
 def simulate_task2(
     *,
-    num_seqs: int = TASK2_DEFAULT_NUM_SEQS,
-    seed: int = 22,
+    num_seqs: int = TASKS["task2"].num_seqs,
+    seed: int = TASKS["task2"].data_seed,
     max_motifs: int = 5,
     background: str = "filtered",
     progress: ProgressFn | None = None,
@@ -281,9 +284,9 @@ def simulate_task2(
     ``"code"``: the released code's 50, a 110-PWM negative pool (method.md §3.2).
     """
     if num_seqs < 10 or num_seqs % 2:
-        raise ValueError(f"--num-seqs must be an even number >= 10 (half per class), got {num_seqs}")
+        raise UserError(f"--num-seqs must be an even number >= 10 (half per class), got {num_seqs}")
     if max_motifs not in (5, 7):
-        raise ValueError(f"--max-motifs must be 5 (the paper's 3-5) or 7 (the code's 3-7), got {max_motifs}")
+        raise UserError(f"--max-motifs must be 5 (the paper's 3-5) or 7 (the code's 3-7), got {max_motifs}")
     core = fetch_motifs(TASK2_CORE_MOTIFS.values(), SIMULATION_RELEASE)
     background_motifs = task2_background(background)
     motifs = core + background_motifs
@@ -328,11 +331,9 @@ def _attrs(task: str, seed: int, motifs: Sequence[Motif], num_seqs: int) -> dict
     }
 
 
-TASKS: dict[str, Callable[..., Dataset]] = {"task1": simulate_task1, "task2": simulate_task2}
+SIMULATORS: dict[str, Callable[..., Dataset]] = {"task1": simulate_task1, "task2": simulate_task2}
 
 
 def simulate(task: str, **kwargs) -> Dataset:
     """Generate ``task`` (``"task1"`` or ``"task2"``) with the generator's keyword arguments."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    return TASKS[task](**kwargs)
+    return SIMULATORS[task_spec(task).name](**kwargs)

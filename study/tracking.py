@@ -1,37 +1,19 @@
-"""MLflow tracking: the layout contract between study and analysis (SPEC.md "MLflow layout").
+"""Writing the MLflow layout (:mod:`hybridlens.analysis.mlflow_layout`, SPEC.md "MLflow layout").
 
-- One experiment per study name; one parent run per study launch, created by the driver before Ray
-  starts (never concurrently from trials).
-- One child run per trial, tagged ``mlflow.parentRunId``, ``hybridlens.trial_id`` and
-  ``hybridlens.config_hash``; a retried or resumed trial finds its run by the trial-id tag and reuses
-  it.
-- Per epoch, one ``log_batch`` request; steps already logged (before a crash, say) are not logged
+- The parent run is created by the driver before Ray starts (never concurrently from trials).
+- A retried or resumed trial finds its child run by the trial-id tag and reuses it.
+- Per report, one ``log_batch`` request; steps already logged (before a crash, say) are not logged
   again, so a retried trial leaves no duplicate steps.
-- Statuses: FINISHED; FAILED on an exception (a diverged trial is FAILED with tag
-  ``hybridlens.outcome = diverged``); KILLED for runs stopped by a signal, marked by the driver or
-  by ``hybridlens reconcile``.
+- Runs left RUNNING by a stopped driver are marked KILLED, by the driver or ``hybridlens reconcile``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Iterable
 
-# The layout's names and read side live in analysis.runs (the analysis reads MLflow without study).
-from hybridlens.analysis.runs import (  # noqa: F401  (re-exported for the study)
-    TAG_CONFIG_HASH,
-    TAG_DATASET_HASH,
-    TAG_KIND,
-    TAG_NODE,
-    TAG_OUTCOME,
-    TAG_PARENT,
-    TAG_STUDY,
-    TAG_TRIAL,
-    check_tracking_uri,
-    child_runs,
-    client,
-    sqlite_uri,
-)
+from hybridlens.analysis.mlflow_layout import TAG_CONFIG_HASH, TAG_KIND, TAG_OUTCOME, TAG_PARENT, TAG_STUDY, TAG_TRIAL
+from hybridlens.analysis.runs import child_runs, client
+
 
 def get_or_create_experiment(c, name: str, artifact_location: str | None = None) -> str:
     exp = c.get_experiment_by_name(name)
@@ -93,17 +75,6 @@ class TrialLogger:
             params=[Param(k, str(v)) for k, v in (params or {}).items()],
             tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
         )
-
-
-def mark_unfinished(c, runs: Iterable, status: str = "KILLED") -> list[str]:
-    """Set ``status`` on every run in ``runs`` still RUNNING (or SCHEDULED); return their ids."""
-    marked = []
-    for r in runs:
-        if r.info.status in ("RUNNING", "SCHEDULED"):
-            c.set_tag(r.info.run_id, TAG_OUTCOME, status.lower())
-            c.set_terminated(r.info.run_id, status)
-            marked.append(r.info.run_id)
-    return marked
 
 
 def runs_table(uri: str, experiment_id: str, parent_run_id: str) -> str:

@@ -24,6 +24,7 @@ from torch import nn
 
 from hybridlens.analysis.classification import classification_metrics
 from hybridlens.analysis.datasets import Dataset
+from hybridlens.analysis.tasks import TASKS
 
 MONITORS = ("val_auroc", "val_aupr", "val_loss")
 
@@ -36,7 +37,7 @@ class TrainConfig:
     batch_size: int = 100
     lr: float = 1e-3
     adam_eps: float = 1e-7
-    monitor: str = "val_aupr"  # Task 1 default (paper); Task 2 uses val_auroc
+    monitor: str = TASKS["task1"].monitor  # a study sets its task's (analysis.tasks)
     plateau_factor: float = 0.2
     plateau_patience: int = 4
     min_lr: float = 1e-7

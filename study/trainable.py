@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from hybridlens.analysis import mlflow_layout as layout
+from hybridlens.analysis import runs as mlruns
 from hybridlens.study import tracking
 from hybridlens.study.config import StudyConfig, parse_config
 
@@ -35,10 +37,6 @@ def _device(cfg: StudyConfig) -> torch.device:
     if cfg.resources.gpu > 0 and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def trial_name(cell: dict) -> str:
-    return f"{cell['architecture']}-{cell['activation']}-s{cell['seed']}"
 
 
 def trial_params(cfg: StudyConfig, cell: dict, dataset_hash: str) -> dict:
@@ -82,15 +80,15 @@ def _open_child_run(c, trk: dict, trial_id: str, cfg: StudyConfig, cell: dict, d
 
     run = c.create_run(
         trk["experiment_id"],
-        run_name=trial_name(cell),
+        run_name=layout.cell_name(**cell),
         tags={
-            tracking.TAG_PARENT: trk["parent_run_id"],
-            tracking.TAG_TRIAL: trial_id,
-            tracking.TAG_STUDY: cfg.name,
-            tracking.TAG_KIND: "trial",
-            tracking.TAG_CONFIG_HASH: cfg.config_hash(),
-            tracking.TAG_DATASET_HASH: dataset_hash,
-            tracking.TAG_NODE: ray.get_runtime_context().get_node_id(),
+            layout.TAG_PARENT: trk["parent_run_id"],
+            layout.TAG_TRIAL: trial_id,
+            layout.TAG_STUDY: cfg.name,
+            layout.TAG_KIND: "trial",
+            layout.TAG_CONFIG_HASH: cfg.config_hash(),
+            layout.TAG_DATASET_HASH: dataset_hash,
+            layout.TAG_NODE: ray.get_runtime_context().get_node_id(),
         },
     )
     from mlflow.entities import Param
@@ -118,7 +116,7 @@ def _log_artifacts(c, run_id: str, trainer, ds, cfg: StudyConfig, cell: dict, co
         (d / "config").mkdir()
         resolved = {
             "cell": cell,
-            "trial_name": trial_name(cell),
+            "trial_name": layout.cell_name(**cell),
             "params": trial_params(cfg, cell, ds.content_hash),
             "study": cfg.resolved(),
             "data_path": config["data_path"],
@@ -139,14 +137,14 @@ def train_trial(config: dict) -> None:
     from hybridlens.study.train import Diverged, Trainer, seed_everything
 
     cfg = parse_config(config["study"], "study config")
-    cell = {k: config[k] for k in ("architecture", "activation", "seed")}
+    cell = {k: config[k] for k in layout.CELL_KEYS}
     trk = config["tracking"]
     workdir = Path(config["workdir"])
     trial_id = tune.get_context().get_trial_id()
     device = _device(cfg)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))
 
-    c = tracking.client(trk["uri"])
+    c = mlruns.client(trk["uri"])
     ds, data = _data(config["data_path"], device)
     run_id = _open_child_run(c, trk, trial_id, cfg, cell, ds.content_hash)
     logger = tracking.TrialLogger(c, run_id)
@@ -180,19 +178,19 @@ def train_trial(config: dict) -> None:
         final = {f"best_val_{k}": v for k, v in trainer.evaluate("valid").items()}
         final |= {f"test_{k}": v for k, v in trainer.evaluate("test").items()}
         final |= {"best_epoch": trainer.best_epoch, "epochs_trained": trainer.epoch}
-        logger.log(final, step=trainer.epoch, tags={tracking.TAG_OUTCOME: "finished", tracking.TAG_NODE: ray.get_runtime_context().get_node_id()})
+        logger.log(final, step=trainer.epoch, tags={layout.TAG_OUTCOME: "finished", layout.TAG_NODE: ray.get_runtime_context().get_node_id()})
         _log_artifacts(c, run_id, trainer, ds, cfg, cell, config)
         c.set_terminated(run_id, "FINISHED")
         tune.report({**final, "epoch": trainer.epoch, "diverged": 0, "done": 1})
     except Exception as e:
         try:
-            c.set_tag(run_id, tracking.TAG_OUTCOME, "failed")
-            c.set_tag(run_id, "hybridlens.error", f"{type(e).__name__}: {e}"[:500])
+            c.set_tag(run_id, layout.TAG_OUTCOME, "failed")
+            c.set_tag(run_id, layout.TAG_ERROR, f"{type(e).__name__}: {e}"[:500])
             c.set_terminated(run_id, "FAILED")
         finally:
             raise
 
 
 def _end_diverged(c, logger, run_id: str, trainer, message: str) -> None:
-    logger.log({"diverged_epoch": trainer.epoch + 1}, step=trainer.epoch + 1, tags={tracking.TAG_OUTCOME: "diverged", "hybridlens.error": message})
+    logger.log({"diverged_epoch": trainer.epoch + 1}, step=trainer.epoch + 1, tags={layout.TAG_OUTCOME: "diverged", layout.TAG_ERROR: message})
     c.set_terminated(run_id, "FAILED")

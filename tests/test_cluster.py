@@ -7,9 +7,10 @@ import sys
 import pytest
 import yaml
 
+from hybridlens.analysis import mlflow_layout as layout
+from hybridlens.analysis import runs as mlruns
 from hybridlens.analysis.datasets import write_dataset
-from hybridlens.study import tracking
-from hybridlens.study.runner import load_launch
+from hybridlens.study.launches import load_launch
 from hybridlens.study.simulate import simulate_task1
 
 pytestmark = pytest.mark.slow
@@ -45,10 +46,10 @@ def test_study_runs_across_two_nodes(tmp_path):
         cluster.shutdown()
     launch = load_launch(work)
     assert launch.storage_path == str(tmp_path / "shared") and (tmp_path / "shared" / launch.ray_experiment).is_dir()
-    c = tracking.client(launch.tracking_uri)
-    runs = tracking.child_runs(c, launch.experiment_id, launch.parent_run_id)
+    c = mlruns.client(launch.tracking_uri)
+    runs = mlruns.child_runs(c, launch.experiment_id, launch.parent_run_id)
     assert len(runs) == 4 and all(x.info.status == "FINISHED" for x in runs)
-    nodes = {x.data.tags[tracking.TAG_NODE] for x in runs}
+    nodes = {x.data.tags[layout.TAG_NODE] for x in runs}
     assert len(nodes) == 2  # both nodes trained trials
 
 
@@ -93,7 +94,7 @@ def test_study_tracks_to_a_real_mlflow_server(tmp_path):
         sr = find_study(uri, "srv")
         assert len(sr.children) == 2 and all(x.info.status == "FINISHED" for x in sr.children)
         assert all({"tpr", "fpr", "test_auroc"} <= set(x.data.metrics) for x in sr.children)
-        c = tracking.client(uri)
+        c = mlruns.client(uri)
         assert "model/weights.pt" in {a.path for a in c.list_artifacts(sr.children[0].info.run_id, "model")}
         assert not (tmp_path / "work" / "mlflow.db").exists()  # nothing tracked locally
     finally:

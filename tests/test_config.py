@@ -76,7 +76,7 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path):
         [sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)],
         capture_output=True, text=True, timeout=120,
     )
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"hybridlens: error: {cfg}: train.epochs: Input should be greater than or equal to 1"]
     assert not work.exists()
 
@@ -109,3 +109,51 @@ def test_reference_configs_carry_the_released_codes_choices():
 def test_reference_options_validated(raw, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
         parse_config({"name": "x", **raw})
+
+
+def test_cli_lists_every_mistake_of_a_config(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "x", "task": "task1", "train": {"epochs": 0, "lr": -1}, "grid": {"seeds": 0}}))
+    r = subprocess.run(
+        [sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"hybridlens: error: {cfg}: ")
+    for problem in ("grid.seeds: must be >= 1 (got 0)", "train.epochs: Input should be greater than or equal to 1", "train.lr: Input should be greater than 0"):
+        assert problem in line
+
+
+def test_cli_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """An internal failure is not dressed as an input problem: it propagates (traceback, exit 1)."""
+    import hybridlens.study.simulate as simulate
+    from hybridlens.study.cli import main
+
+    def broken(*args, **kwargs):
+        raise KeyError("an internal bug")
+
+    monkeypatch.setattr(simulate, "simulate", broken)
+    with pytest.raises(KeyError, match="an internal bug"):
+        main(["data", "task1", "--out", str(tmp_path / "t.h5"), "--num-seqs", "100"])
+    assert "hybridlens: error" not in capsys.readouterr().err
+    # The same call from a shell: exit code 1 and Python's traceback.
+    code = (
+        "import sys, hybridlens.study.simulate as s\n"
+        "def broken(*a, **k): raise KeyError('an internal bug')\n"
+        "s.simulate = broken\n"
+        "from hybridlens.study.cli import main\n"
+        f"main(['data', 'task1', '--out', {str(tmp_path / 'u.h5')!r}, '--num-seqs', '100'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr and "KeyError: 'an internal bug'" in r.stderr
+
+
+def test_resolved_config_round_trips():
+    """What a launch records (studies/NAME.yaml) loads back to the same config: resume runs it."""
+    from hybridlens.study.config import settings_from_resolved
+
+    for path in (CONFIGS / "quick.yaml", CONFIGS / "reference" / "task2.yaml"):
+        cfg = load_config(path).smoke()
+        again = parse_config(settings_from_resolved(yaml.safe_load(yaml.safe_dump(cfg.resolved(), sort_keys=False))))
+        assert again == cfg and again.config_hash() == cfg.config_hash()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from hybridlens.analysis.datasets import SPLITS, content_hash, load_dataset, write_dataset
+from hybridlens.analysis.errors import UserError
 
 
 def test_round_trip_keys_and_attrs(task1_small, task1_file):
@@ -81,7 +82,7 @@ def test_not_hdf5_and_missing(tmp_path):
     p.write_text("not hdf5")
     with pytest.raises(ValueError, match="not an HDF5 file"):
         load_dataset(p)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         load_dataset(tmp_path / "nope.h5")
 
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from hybridlens.analysis.datasets import write_dataset
-from hybridlens.analysis.runs import TAG_KIND, TAG_OUTCOME, TAG_PARENT, child_runs, client, find_study
+from hybridlens.analysis.mlflow_layout import TAG_KIND, TAG_OUTCOME, TAG_PARENT
+from hybridlens.analysis.runs import child_runs, client, find_study
 from hybridlens.study.runner import run_study
 from hybridlens.study.simulate import simulate_task1, simulate_task2
 
@@ -60,7 +61,7 @@ def _artifacts(c, run_id: str, path: str = "analysis") -> list[str]:
 
 def test_study_runs_the_analysis_and_logs_it(task1):
     work, summary = task1
-    assert summary["analysis"].task == "task1"
+    assert summary.analysis.task == "task1"
     out = work / "analysis" / "tiny-task1"
     names = {p.name for p in out.iterdir()}
     for f in ("summary.csv", "summary.md", "paired_exp_vs_relu.csv", "per_run.csv", "fig2_task1.png", "fig2_task1.pdf",
@@ -70,17 +71,17 @@ def test_study_runs_the_analysis_and_logs_it(task1):
     assert set(summ.columns) >= {"architecture", "activation", "tpr_mean", "tpr_std", "fpr_mean", "test_aupr_mean", "runs"}
     assert len(summ) == 4 and (summ["runs"] == 1).all()
     assert ((summ["tpr_mean"] >= 0) & (summ["tpr_mean"] <= 1)).all()
-    c = client(summary["launch"].tracking_uri)
-    parent = summary["launch"].parent_run_id
+    c = client(summary.launch.tracking_uri)
+    parent = summary.launch.parent_run_id
     assert "analysis/fig2_task1.png" in _artifacts(c, parent)
-    for r in child_runs(c, summary["launch"].experiment_id, parent):
+    for r in child_runs(c, summary.launch.experiment_id, parent):
         assert {"tpr", "fpr"} <= set(r.data.metrics)
         assert _artifacts(c, r.info.run_id) == ["analysis/filter_matches.tsv", "analysis/filters.meme", "analysis/tomtom.tsv"]
 
 
 def test_rerun_replaces_and_works_from_mlflow_alone(task1):
     work, summary = task1
-    launch = summary["launch"]
+    launch = summary.launch
     c = client(launch.tracking_uri)
     kids = child_runs(c, launch.experiment_id, launch.parent_run_id)
     before_parent = _artifacts(c, launch.parent_run_id)
@@ -100,7 +101,7 @@ def test_rerun_replaces_and_works_from_mlflow_alone(task1):
 
 def test_runs_without_weights_are_skipped_others_analysed(task1):
     work, summary = task1
-    launch = summary["launch"]
+    launch = summary.launch
     c = client(launch.tracking_uri)
     fake = c.create_run(launch.experiment_id, tags={TAG_PARENT: launch.parent_run_id, TAG_KIND: "trial", TAG_OUTCOME: "finished"}).info.run_id
     for k, v in dict(architecture="C24", activation="exp", seed=7, task="task1").items():
@@ -134,12 +135,12 @@ def test_bad_input_is_one_line(task1, args, message):
 
 def test_task2_saliency_end_to_end(tmp_path):
     work, summary = _study(tmp_path, "task2", ["C4"])  # a BiLSTM: the backward pass runs without cuDNN
-    res = summary["analysis"]
+    res = summary.analysis
     assert set(res.per_run.columns) >= {"saliency_auroc", "saliency_aupr", "saliency_snr", "test_auroc"}
     assert ((res.per_run["saliency_auroc"] >= 0) & (res.per_run["saliency_auroc"] <= 1)).all()
     out = work / "analysis" / "tiny-task2"
     assert (out / "fig3_task2.png").is_file() and (out / "logos_C4_exp.png").is_file()
-    launch = summary["launch"]
+    launch = summary.launch
     c = client(launch.tracking_uri)
     for r in child_runs(c, launch.experiment_id, launch.parent_run_id):
         assert {"saliency_auroc", "saliency_aupr", "saliency_snr"} <= set(r.data.metrics)

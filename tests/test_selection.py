@@ -2,7 +2,8 @@
 
 import pytest
 
-from hybridlens.analysis.runs import TAG_KIND, TAG_OUTCOME, TAG_PARENT, TAG_STUDY, child_runs, client, find_study, sqlite_uri
+from hybridlens.analysis.mlflow_layout import TAG_KIND, TAG_OUTCOME, TAG_PARENT, TAG_STUDY
+from hybridlens.analysis.runs import child_runs, client, find_study, sqlite_uri
 from hybridlens.analysis.selection import select_best
 
 

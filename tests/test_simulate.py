@@ -5,14 +5,13 @@ import pytest
 from scipy import stats
 
 from hybridlens.analysis.datasets import SPLITS
+from hybridlens.analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS
 from hybridlens.analysis.motifs import fetch_motifs, information_content, reverse_complement
 from hybridlens.study.simulate import (
     CODE_BACKGROUND_IDS,
     COUNT_PROBS,
     SIMILARITY_MIN_OVERLAP,
     SIMILARITY_THRESHOLD,
-    TASK1_MOTIFS,
-    TASK2_CORE_MOTIFS,
     select_background_motifs,
     simulate_task1,
     simulate_task2,

@@ -15,11 +15,13 @@ import pytest
 import torch
 import yaml
 
+from hybridlens.analysis import mlflow_layout as layout
+from hybridlens.analysis import runs as mlruns
 from hybridlens.analysis.datasets import load_dataset, write_dataset
 from hybridlens.analysis.motifs import read_meme
 from hybridlens.models import build
-from hybridlens.study import tracking
-from hybridlens.study.runner import load_launch, run_study
+from hybridlens.study.launches import load_launch
+from hybridlens.study.runner import run_study
 from hybridlens.study.simulate import simulate_task1
 
 pytestmark = pytest.mark.slow
@@ -59,8 +61,8 @@ def write_config(tmp_path: Path, data_file: Path, **sections) -> Path:
 
 def runs_of(workdir: Path, study: str | None = None):
     launch = load_launch(workdir, study)
-    c = tracking.client(launch.tracking_uri)
-    return c, launch, tracking.child_runs(c, launch.experiment_id, launch.parent_run_id)
+    c = mlruns.client(launch.tracking_uri)
+    return c, launch, mlruns.child_runs(c, launch.experiment_id, launch.parent_run_id)
 
 
 def steps(c, run_id: str, key: str = "val_loss") -> list[int]:
@@ -77,9 +79,9 @@ def smoke(tmp_path_factory, data_file):
 
 def test_smoke_study_end_to_end(tmp_path, smoke, data_file):
     work, summary = smoke
-    assert summary["complete"] and summary["FINISHED"] == 4
+    assert summary.complete and summary.finished == 4
     c, launch, runs = runs_of(work)
-    parents = [r for r in c.search_runs([launch.experiment_id]) if r.data.tags.get(tracking.TAG_KIND) == "parent"]
+    parents = [r for r in c.search_runs([launch.experiment_id]) if r.data.tags.get(layout.TAG_KIND) == "parent"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(runs) == 4
     cells = {(r.data.params["architecture"], r.data.params["activation"], r.data.params["seed"]) for r in runs}
@@ -90,8 +92,8 @@ def test_smoke_study_end_to_end(tmp_path, smoke, data_file):
         p, m, t = r.data.params, r.data.metrics, r.data.tags
         assert p["task"] == "task1" and p["epochs"] == "3" and p["lr"] == "0.001" and p["monitor"] == "val_aupr"
         assert p["filters"] == "32" and p["init"] == "he"
-        assert t[tracking.TAG_DATASET_HASH] == ds_hash and t[tracking.TAG_PARENT] == launch.parent_run_id
-        assert t[tracking.TAG_OUTCOME] == "finished"
+        assert t[layout.TAG_DATASET_HASH] == ds_hash and t[layout.TAG_PARENT] == launch.parent_run_id
+        assert t[layout.TAG_OUTCOME] == "finished"
         for key in ("train_loss", "val_loss", "val_auroc", "val_aupr", "train_auroc", "lr"):
             assert steps(c, r.info.run_id, key) == [1, 2, 3]
         for key in ("test_auroc", "test_aupr", "test_loss", "best_val_aupr", "best_epoch"):
@@ -174,7 +176,7 @@ def test_fault_once_retried_from_checkpoint_and_always_failing_trial(tmp_path, d
     )
     lines = []
     summary = run_study(cfg, workdir=tmp_path / "work", analyze=False, echo=lines.append)
-    assert summary["complete"]  # the study completes the other cells
+    assert summary.complete  # the study completes the other cells
     c, launch, runs = runs_of(tmp_path / "work")
     by_name = {r.data.tags["mlflow.runName"]: r for r in runs}
     assert len(runs) == 4 and len(by_name) == 4  # exactly one child run per cell, even after retries
@@ -185,8 +187,8 @@ def test_fault_once_retried_from_checkpoint_and_always_failing_trial(tmp_path, d
     for key in ("val_loss", "train_loss", "lr"):
         assert steps(c, retried.info.run_id, key) == [1, 2, 3, 4]
     broken = by_name["C4C6-relu-s0"]
-    assert broken.info.status == "FAILED" and broken.data.tags[tracking.TAG_OUTCOME] == "failed"
-    assert "injected fault (always)" in broken.data.tags["hybridlens.error"]
+    assert broken.info.status == "FAILED" and broken.data.tags[layout.TAG_OUTCOME] == "failed"
+    assert "injected fault (always)" in broken.data.tags[layout.TAG_ERROR]
     assert any("C4C6-relu-s0: FAILED: " in ln for ln in lines)
     assert {by_name[n].info.status for n in ("C24-relu-s0", "C4C6-exp-s0")} == {"FINISHED"}
 
@@ -194,13 +196,13 @@ def test_fault_once_retried_from_checkpoint_and_always_failing_trial(tmp_path, d
 def test_nan_diverging_trial_is_recorded_as_diverged(tmp_path, data_file):
     cfg = write_config(tmp_path, data_file, name="diverge", grid={"architectures": ["C24"], "activations": ["exp"]}, train={"lr": 1e4})
     summary = run_study(cfg, workdir=tmp_path / "work", analyze=False, echo=lambda m: None)
-    assert summary["complete"] and summary["diverged"] == 1
+    assert summary.complete and summary.diverged == 1
     c, launch, runs = runs_of(tmp_path / "work")
     (run,) = runs
     assert run.info.status == "FAILED"
-    assert run.data.tags[tracking.TAG_OUTCOME] == "diverged"
+    assert run.data.tags[layout.TAG_OUTCOME] == "diverged"
     assert run.data.metrics["diverged_epoch"] == 1
-    assert "training loss is nan" in run.data.tags["hybridlens.error"]
+    assert "training loss is nan" in run.data.tags[layout.TAG_ERROR]
     assert c.get_run(launch.parent_run_id).info.status == "FINISHED"
 
 
@@ -274,8 +276,14 @@ def test_kill_driver_then_resume(tmp_path, data_file, sig):
     assert any(r.info.status == "KILLED" for r in now)
     assert c.get_run(launch.parent_run_id).info.status == "KILLED"
 
+    # The user edits the config before resuming: resume runs the recorded one, and says so.
+    edited = yaml.safe_load(cfg.read_text())
+    edited["grid"] = {"architectures": ["C4"], "activations": ["exp"], "seeds": [0, 1, 2]}
+    edited["train"]["epochs"] = 3
+    cfg.write_text(yaml.safe_dump(edited))
     r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "resume", str(work), "--no-analyze"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
+    assert f"{cfg} changed since the launch; resuming with the recorded config {work / 'studies' / 'killme.yaml'}" in r.stderr
     _, _, after = runs_of(work)
     names = [x.data.tags["mlflow.runName"] for x in after]
     assert sorted(names) == sorted({"C24-relu-s0", "C24-exp-s0", "C4C6-relu-s0", "C4C6-exp-s0"})  # one run per cell
@@ -305,7 +313,7 @@ def test_unreachable_services_fail_before_work(tmp_path, data_file, extra, messa
     cfg = write_config(tmp_path, data_file)
     work = tmp_path / "work"
     r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work), *extra], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1
+    assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert not work.exists()
@@ -324,7 +332,7 @@ def test_impossible_resources_fail_before_work(tmp_path, data_file, resources, m
     work = tmp_path / "work"
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and time.monotonic() - t0 < 60
+    assert r.returncode == 2 and time.monotonic() - t0 < 60
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert not work.exists()
@@ -334,7 +342,7 @@ def test_missing_dataset_path(tmp_path, data_file):
     cfg = write_config(tmp_path, tmp_path / "nope.h5")
     work = tmp_path / "work"
     r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"hybridlens: error: dataset {tmp_path / 'nope.h5'} (data.path) does not exist; generate it with "
         f"'hybridlens data task1 --out {tmp_path / 'nope.h5'}' or drop data.path"
@@ -345,7 +353,7 @@ def test_missing_dataset_path(tmp_path, data_file):
 def test_resume_and_runs_without_a_study(tmp_path):
     for args in (["resume", str(tmp_path)], ["runs", "--workdir", str(tmp_path)]):
         r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", *args], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "holds no study" in r.stderr
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "holds no study" in r.stderr
 
 
 @pytest.mark.parametrize("task", ["task1", "task2"])
@@ -356,7 +364,7 @@ def test_reference_config_smoke_test_end_to_end(tmp_path, task):
     work = tmp_path / "work"
     said: list[str] = []
     summary = run_study(config, workdir=work, smoke_test=True, echo=said.append)
-    assert summary["complete"] and summary["FINISHED"] == 4
+    assert summary.complete and summary.finished == 4
     if not torch.cuda.is_available():  # the configs ask for gpu 0.25: the smoke test says it uses the CPU
         assert "no GPU on this machine: the smoke test runs on the CPU (resources.gpu 0.25 -> 0)" in said
     c, launch, runs = runs_of(work)
@@ -369,7 +377,7 @@ def test_reference_config_smoke_test_end_to_end(tmp_path, task):
     else:
         assert launch.data_path.endswith("task1-seed33-n600.h5")
         assert all("tpr_reference_lists" in c.get_run(r.info.run_id).data.metrics for r in runs)
-    result = summary["analysis"]
+    result = summary.analysis
     meta = json.loads((result.out_dir / "analysis.json").read_text())
     assert (meta["ground_truth"], meta["rank_on"]) == ("reference_lists", "test")
     caption = (result.out_dir / "summary.md").read_text().splitlines()[0]

@@ -9,7 +9,15 @@ import pytest
 from scipy.stats import spearmanr
 
 from hybridlens.analysis.motifs import Motif, read_meme
-from hybridlens.analysis.tomtom import _column_scores, _meme_columns, _prepare_targets, _shift_and_scale, qvalues, storey_pi0, tomtom
+from hybridlens.analysis.tomtom import (
+    _column_scores,
+    _meme_columns,
+    _prepare_targets,
+    _shift_and_scale,
+    qvalues,
+    storey_pi0,
+    tomtom,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,106 @@
+"""Pre-flight: everything checked before Ray or MLflow start (services, resources, the dataset), and
+the generated dataset's path and generation."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from hybridlens.analysis.errors import UserError
+from hybridlens.analysis.tasks import TASKS
+from hybridlens.study.config import StudyConfig
+from hybridlens.study.launches import Echo
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast if a Ray cluster address does not answer (``auto`` is left to Ray)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"Ray address {address!r} is not HOST:PORT (or ray://HOST:PORT, or auto)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise UserError(f"Ray cluster at {address} is unreachable ({e.strerror or e}); start it with 'ray start --head' or fix --ray-address") from None
+
+
+def check_resources(cfg: StudyConfig, ray_address: str | None, *, smoke_test: bool = False, echo: Echo = print) -> StudyConfig:
+    """Fail fast on a per-trial request that a local Ray could never schedule (Ray would wait
+    silently). ``--smoke-test`` on a machine without a GPU runs on the CPU instead (one line says so).
+    A cluster (``ray_address``) is left to Ray: its nodes may have what this machine lacks."""
+    if ray_address:
+        return cfg
+    import torch
+
+    gpus = torch.cuda.device_count()
+    cpus = cfg.ray.num_cpus or os.cpu_count() or 1
+    res = cfg.resources
+    if res.gpu > 0 and gpus == 0 and smoke_test:
+        echo(f"no GPU on this machine: the smoke test runs on the CPU (resources.gpu {res.gpu:g} -> 0)")
+        return cfg.model_copy(update={"resources": res.model_copy(update={"gpu": 0.0})})
+    if res.gpu > gpus:
+        have = "has no GPU" if gpus == 0 else f"has {gpus} GPU(s)"
+        raise UserError(f"resources.gpu is {res.gpu:g} per trial but this machine {have}; set resources.gpu: 0 (CPU) or run on a cluster with --ray-address")
+    if res.cpu > cpus:
+        raise UserError(f"resources.cpu is {res.cpu:g} per trial but the local Ray has {cpus} CPU(s); lower resources.cpu (or raise ray.num_cpus)")
+    return cfg
+
+
+def default_data_path(cfg: StudyConfig, workdir: Path) -> Path:
+    spec = TASKS[cfg.task]
+    n = cfg.data.num_seqs or spec.num_seqs
+    seed = cfg.data.seed if cfg.data.seed is not None else spec.data_seed
+    extra = f"-m{cfg.data.max_motifs}" if cfg.task == "task2" else ""
+    extra += "-bgcode" if cfg.data.background == "code" else ""
+    return workdir / "data" / f"{cfg.task}-seed{seed}-n{n}{extra}.h5"
+
+
+def check_data_path(cfg: StudyConfig) -> Path | None:
+    """The config's explicit dataset path, checked (exists, right task); None when generated."""
+    from hybridlens.analysis.datasets import load_dataset
+
+    if not cfg.data.path:
+        return None
+    path = Path(cfg.data.path).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(f"dataset {path} (data.path) does not exist; generate it with 'hybridlens data {cfg.task} --out {path}' or drop data.path")
+    n_out = load_dataset(path, splits=()).num_outputs
+    expected = TASKS[cfg.task].num_outputs
+    if n_out != expected:
+        raise UserError(f"dataset {path} has {n_out} labels but {cfg.task} expects {expected}")
+    return path
+
+
+def ensure_dataset(cfg: StudyConfig, workdir: Path, echo: Echo) -> Path:
+    """The generated dataset's absolute path (for a config without ``data.path``; check an explicit
+    path with :func:`check_data_path`), generated with progress when missing."""
+    from hybridlens.analysis.datasets import write_dataset
+    from hybridlens.study.simulate import simulate
+
+    path = default_data_path(cfg, workdir).resolve()
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    if cfg.data.num_seqs:
+        kwargs["num_seqs"] = cfg.data.num_seqs
+    if cfg.data.seed is not None:
+        kwargs["seed"] = cfg.data.seed
+    if cfg.task == "task2":
+        kwargs.update(max_motifs=cfg.data.max_motifs, background=cfg.data.background)
+    echo(f"generating {cfg.task} dataset -> {path}")
+    step = [0]
+
+    def progress(done: int, total: int) -> None:
+        if done * 4 // total > step[0] or done == total:
+            step[0] = done * 4 // total
+            echo(f"  {done:,}/{total:,} sequences")
+
+    write_dataset(path, simulate(cfg.task, progress=progress, **kwargs))
+    return path
+
+
