@@ -10,7 +10,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-BASELINES = ("C24", "C4C6", "C4")
 METRIC_LABELS = {
     "test_aupr": "AUPR",
     "test_auroc": "AUC",
@@ -19,10 +18,6 @@ METRIC_LABELS = {
     "saliency_auroc": "Saliency AUROC",
     "saliency_aupr": "Saliency AUPR",
     "saliency_snr": "Saliency SNR",
-}
-FIGURE_METRICS = {
-    "task1": ("test_aupr", "tpr", "fpr"),
-    "task2": ("test_auroc", "saliency_auroc", "saliency_aupr", "saliency_snr"),
 }
 
 
@@ -58,7 +53,9 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
     """
     plt = _plt()
     stem = Path(stem)
-    rows = [b for b in BASELINES if any(a.split("-")[0] == b for a in summary["architecture"])]
+    from hybridlens.models.grid import BASELINES, GRID
+
+    rows = [b for b in BASELINES if any(GRID[a].baseline == b for a in summary["architecture"])]
     fig, axes = plt.subplots(len(rows), len(metrics), figsize=(3.2 * len(metrics), 3.0 * len(rows)), squeeze=False)
     for r, base in enumerate(rows):
         sub = summary[summary["architecture"].str.split("-").str[0] == base]

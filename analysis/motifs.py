@@ -18,6 +18,7 @@ import numpy as np
 
 from hybridlens.analysis.atomic import atomic_write_text
 from hybridlens.analysis.errors import UserError
+from hybridlens.analysis.ground_truth import base_id
 
 ALPHABET = "ACGT"
 #: The JASPAR release of the ground-truth motifs of both tasks (Koo & Eddy 2019; Koo & Ploenzke 2021).
@@ -60,7 +61,7 @@ class Motif:
     @property
     def base_id(self) -> str:
         """The ID without its version suffix (``MA0151.1`` -> ``MA0151``)."""
-        return self.id.split(".")[0]
+        return base_id(self.id)
 
     def reverse_complement(self) -> "Motif":
         return Motif(self.id, self.name, reverse_complement(self.pwm), self.nsites)

@@ -19,10 +19,11 @@ import pandas as pd
 
 from hybridlens.analysis import runs as mlruns
 from hybridlens.analysis.errors import UserError
+from hybridlens.analysis.motifs import ANALYSIS_RELEASE
 from hybridlens.analysis.selection import Selection, run_label, select_best
+from hybridlens.analysis.tasks import TASKS, TaskSpec
 
 Echo = Callable[[str], None]
-INTERP_METRICS = {"task1": ["tpr", "fpr"], "task2": ["saliency_auroc", "saliency_aupr", "saliency_snr"]}
 CLASS_METRICS = ["test_auroc", "test_aupr"]
 
 
@@ -89,17 +90,16 @@ class _Data:
         return ds
 
 
-def _ground_truth(ds, task: str, rule: str):
+def _ground_truth(ds, spec: TaskSpec, rule: str):
     """The ground truth (:class:`analysis.ground_truth.GroundTruth` under ``rule``) and its motif IDs,
     from the dataset's attributes (or the canonical lists for the original papers' files)."""
-    from hybridlens.analysis.ground_truth import TASK1_MOTIFS, TASK2_CORE_MOTIFS, GroundTruth
+    from hybridlens.analysis.ground_truth import GroundTruth
 
-    key, default = ("motif_ids", TASK1_MOTIFS) if task == "task1" else ("core_motif_ids", TASK2_CORE_MOTIFS)
-    if key in ds.attrs:  # our files: core motifs come first in motif_names
-        ids = ds.attrs[key]
+    if spec.ground_truth_attr in ds.attrs:  # our files: core motifs come first in motif_names
+        ids = ds.attrs[spec.ground_truth_attr]
         names = ds.attrs["motif_names"][: len(ids)]
     else:  # the original papers' files carry no attributes
-        ids, names = list(default.values()), list(default)
+        ids, names = list(spec.ground_truth.values()), list(spec.ground_truth)
     return GroundTruth.from_motifs(dict(zip(ids, names)), rule), list(ids)
 
 
@@ -115,7 +115,7 @@ def _filters(model, ds, database, ground_truth):
 def logged_metric(name: str, ground_truth: str) -> str:
     """The MLflow key of a table metric: TPR/FPR under the ``reference_lists`` rule are logged as
     ``tpr_reference_lists``/``fpr_reference_lists``, so both rules' values can sit on one run."""
-    return f"{name}_{ground_truth}" if name in INTERP_METRICS["task1"] and ground_truth != "base_ids" else name
+    return f"{name}_{ground_truth}" if name in TASKS["task1"].interp_metrics and ground_truth != "base_ids" else name
 
 
 def _log_run(c, run, metrics: dict[str, float], folder: Path | None) -> None:
@@ -132,6 +132,101 @@ def _log_run(c, run, metrics: dict[str, float], folder: Path | None) -> None:
 # ------------------------------------------------------------------------------------- a study
 
 
+@dataclass
+class _Shared:
+    """What the analysis of every run of a study shares: the store, the task, the device, the data
+    files, and (from the first dataset read) the ground truth and the TomTom database."""
+
+    uri: str
+    spec: TaskSpec
+    device: str
+    rule: str
+    release: str
+    best_ids: dict  # run id -> (architecture, activation) for the best run of each configuration
+    data: _Data = field(default_factory=_Data)
+    gt: object = None
+    database: list | None = None
+
+
+def analyze_run(run, shared: _Shared, tmp: Path) -> tuple[dict[str, float], Path | None, tuple | None]:
+    """One run: its interpretability metrics, the folder of files to log on it (or None) and, for the
+    best run of a configuration, ``(label, filter motifs, FilterMatches)`` for the logo grid.
+    Raises :class:`RunError` when the run cannot be analysed."""
+    from hybridlens.analysis.motif_match import comparison_database
+    from hybridlens.analysis.motifs import write_meme
+    from hybridlens.analysis.saliency import grad_times_input, saliency_metrics, summarize
+
+    ds = shared.data.get(shared.uri, run)
+    model = load_model(shared.uri, run, shared.device)
+    if shared.database is None:
+        shared.gt, gt_ids = _ground_truth(ds, shared.spec, shared.rule)
+        shared.database = comparison_database(shared.release, gt_ids)
+    metrics, folder, best = {}, None, None
+    is_best = run.info.run_id in shared.best_ids
+    if shared.spec.interpretation == "filters" or is_best:
+        motifs, fm, sig = _filters(model, ds, shared.database, shared.gt)
+        folder = tmp / run.info.run_id
+        folder.mkdir()
+        write_meme(motifs, folder / "filters.meme")
+        sig.to_csv(folder / "tomtom.tsv", sep="\t", index=False)
+        pd.DataFrame(fm.per_filter).to_csv(folder / "filter_matches.tsv", sep="\t", index=False)
+        if shared.spec.interpretation == "filters":
+            metrics.update(tpr=fm.tpr, fpr=fm.fpr)
+        if is_best:
+            best = (run_label(run), motifs, fm)
+    if shared.spec.interpretation == "saliency":
+        pos = ds.test.y[:, 0] == 1
+        scores = grad_times_input(model, ds.test.x[pos])
+        metrics.update(summarize(saliency_metrics(scores, ds.test.model[pos])))
+    return metrics, folder, best
+
+
+def write_tables(tables: dict[str, pd.DataFrame], out: Path, caption: str) -> list[Path]:
+    """Each table as CSV and as Markdown under a one-line ``caption``."""
+    from hybridlens.analysis.stats import to_markdown
+
+    files = []
+    for name, df in tables.items():
+        df.to_csv(out / f"{name}.csv", index=False)
+        (out / f"{name}.md").write_text(to_markdown(df, caption=caption))
+        files += [out / f"{name}.csv", out / f"{name}.md"]
+    return files
+
+
+def draw_figures(summary: pd.DataFrame, best_filters: dict, spec: TaskSpec, out: Path, title: str, echo: Echo) -> list[Path]:
+    """The exp-vs-relu scatter figure and a filter-logo grid of the best run of each configuration."""
+    from hybridlens.analysis.figures import filter_logos_many, scatter_exp_vs_relu
+
+    files = scatter_exp_vs_relu(summary, spec.figure_metrics, out / spec.figure, title=title)
+    jobs = [
+        (
+            [m.pwm for m in motifs],
+            [f"{r['filter']}: {r['gt_match'] or r['best_hit_name'] or r['best_hit'] or '-'}" for r in fm.per_filter],
+            out / f"logos_{arch}_{act}",
+            f"{label} (best {arch} {act})",
+        )
+        for (arch, act), (label, motifs, fm) in sorted(best_filters.items())
+    ]
+    echo(f"  drawing {len(jobs)} filter-logo grids")
+    return files + filter_logos_many(jobs)
+
+
+def publish(c, parent_run_id: str, files: list[Path]) -> None:
+    """Log the study's tables, figures and ``analysis.json`` on its parent run, under ``analysis/``."""
+    for f in files:
+        c.log_artifact(parent_run_id, str(f), "analysis")
+
+
+def _grid_order(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Rows in grid order, relu before exp, seeds ascending."""
+    from hybridlens.models import GRID
+
+    order = {a: i for i, a in enumerate(GRID)}
+    return per_run.sort_values(
+        ["architecture", "activation", "seed"], key=lambda c: c.map(order) if c.name == "architecture" else c, ascending=[True, False, True]
+    ).reset_index(drop=True)
+
+
 def analyze_study(
     uri: str,
     study: str,
@@ -141,7 +236,7 @@ def analyze_study(
     top_k: int | None = None,
     rank_on: str = "valid",
     out_dir: str | Path | None = None,
-    release: str = "JASPAR2020",
+    release: str = ANALYSIS_RELEASE,
     ground_truth: str = "base_ids",
     device: str | None = None,
     echo: Echo = print,
@@ -157,63 +252,41 @@ def analyze_study(
     """
     import torch
 
-    from hybridlens.analysis.figures import FIGURE_METRICS, filter_logos_many, scatter_exp_vs_relu
     from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
-    from hybridlens.analysis.motif_match import comparison_database
-    from hybridlens.analysis.motifs import write_meme
-    from hybridlens.analysis.saliency import grad_times_input, saliency_metrics, summarize
-    from hybridlens.analysis.stats import aggregate, paired_exp_vs_relu, to_markdown
+    from hybridlens.analysis.stats import aggregate, paired_exp_vs_relu
 
     if ground_truth not in GROUND_TRUTH_RULES:
         raise UserError(f"unknown ground-truth rule {ground_truth!r}; choose one of {', '.join(GROUND_TRUTH_RULES)}")
     t0 = time.perf_counter()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     sr = mlruns.find_study(uri, study, parent_run_id)
     sel: Selection = select_best(sr.children, task=task, top_k=top_k, rank_on=rank_on)
-    task = sel.task
+    spec = TASKS[sel.task]
     skipped = [(run_label(r), why) for r, why in sel.skipped]
     for label, why in skipped:
         echo(f"  skipping {label}: {why}")
     if not sel.usable:
-        raise UserError(f"study {study!r} has no finished {task} run to analyse ({len(skipped)} skipped)")
-    echo(f"analysing {len(sel.usable)} {task} runs of study {study!r} (best {sel.top_k} per configuration, ranked on {sel.rank_key}; ground truth: {ground_truth})")
+        raise UserError(f"study {study!r} has no finished {spec.name} run to analyse ({len(skipped)} skipped)")
+    echo(f"analysing {len(sel.usable)} {spec.name} runs of study {study!r} (best {sel.top_k} per configuration, ranked on {sel.rank_key}; ground truth: {ground_truth})")
     c = mlruns.client(uri)
-    data = _Data()
-    database = gt = None
-    rows, best_filters = [], {}
-    best_ids = {rs[0].info.run_id: key for key, rs in sel.chosen.items()}
+    shared = _Shared(
+        uri, spec, device or ("cuda" if torch.cuda.is_available() else "cpu"), ground_truth, release,
+        best_ids={rs[0].info.run_id: key for key, rs in sel.chosen.items()},
+    )
     selected_ids = {r.info.run_id for rs in sel.chosen.values() for r in rs}
+    rows, best_filters = [], {}
     with tempfile.TemporaryDirectory(prefix="hybridlens-analysis-") as tmp:
         tmp = Path(tmp)
         for i, run in enumerate(sel.usable, 1):
             label = run_label(run)
             try:
-                ds = data.get(uri, run)
-                model = load_model(uri, run, device)
-                metrics, folder = {}, None
-                if database is None:
-                    gt, gt_ids = _ground_truth(ds, task, ground_truth)
-                    database = comparison_database(release, gt_ids)
-                if task == "task1" or run.info.run_id in best_ids:
-                    motifs, fm, sig = _filters(model, ds, database, gt)
-                    folder = tmp / run.info.run_id
-                    folder.mkdir()
-                    write_meme(motifs, folder / "filters.meme")
-                    sig.to_csv(folder / "tomtom.tsv", sep="\t", index=False)
-                    pd.DataFrame(fm.per_filter).to_csv(folder / "filter_matches.tsv", sep="\t", index=False)
-                    if task == "task1":
-                        metrics.update(tpr=fm.tpr, fpr=fm.fpr)
-                    if run.info.run_id in best_ids:
-                        best_filters[best_ids[run.info.run_id]] = (label, motifs, fm)
-                if task == "task2":
-                    pos = ds.test.y[:, 0] == 1
-                    scores = grad_times_input(model, ds.test.x[pos])
-                    metrics.update(summarize(saliency_metrics(scores, ds.test.model[pos])))
-                _log_run(c, run, {logged_metric(k, ground_truth): v for k, v in metrics.items()}, folder)
+                metrics, folder, best = analyze_run(run, shared, tmp)
             except RunError as e:
                 skipped.append((label, str(e)))
                 echo(f"  [{i}/{len(sel.usable)}] {label}: skipped: {e}")
                 continue
+            _log_run(c, run, {logged_metric(k, ground_truth): v for k, v in metrics.items()}, folder)
+            if best is not None:
+                best_filters[shared.best_ids[run.info.run_id]] = best
             p, m = run.data.params, run.data.metrics
             rows.append({
                 "run_id": run.info.run_id, "architecture": p["architecture"], "activation": p["activation"],
@@ -225,45 +298,22 @@ def analyze_study(
         if not rows:
             raise UserError(f"no run of study {study!r} could be analysed ({len(skipped)} skipped)")
 
-        from hybridlens.models import GRID
-
-        order = {a: i for i, a in enumerate(GRID)}
-        per_run = pd.DataFrame(rows)
-        per_run = per_run.sort_values(
-            ["architecture", "activation", "seed"], key=lambda c: c.map(order) if c.name == "architecture" else c, ascending=[True, False, True]
-        ).reset_index(drop=True)  # grid order, relu before exp
-        metrics_list = CLASS_METRICS + INTERP_METRICS[task]
+        per_run = _grid_order(pd.DataFrame(rows))
+        metrics_list = CLASS_METRICS + list(spec.interp_metrics)
         summary = aggregate(per_run[per_run["selected"]], metrics_list)
         paired = paired_exp_vs_relu(per_run, metrics_list)
         out = Path(out_dir) if out_dir else tmp / "out"
         out.mkdir(parents=True, exist_ok=True)
-        files = []
         caption = (
-            f"Study {study}, {task}: best {sel.top_k} per configuration ranked on {sel.rank_key}; "
-            f"ground truth: {ground_truth}" + ("" if task == "task1" else " (filter labels only)") + "."
+            f"Study {study}, {spec.name}: best {sel.top_k} per configuration ranked on {sel.rank_key}; "
+            f"ground truth: {ground_truth}" + ("" if spec.interpretation == "filters" else " (filter labels only)") + "."
         )
-        for name, df in (("per_run", per_run), ("summary", summary), ("paired_exp_vs_relu", paired)):
-            df.to_csv(out / f"{name}.csv", index=False)
-            (out / f"{name}.md").write_text(to_markdown(df, caption=caption))
-            files += [out / f"{name}.csv", out / f"{name}.md"]
-        fig_name = "fig2_task1" if task == "task1" else "fig3_task2"
-        files += scatter_exp_vs_relu(summary, FIGURE_METRICS[task], out / fig_name, title=f"{study}: exp vs relu (best {sel.top_k})")
-        jobs = [
-            (
-                [m.pwm for m in motifs],
-                [f"{r['filter']}: {r['gt_match'] or r['best_hit_name'] or r['best_hit'] or '-'}" for r in fm.per_filter],
-                out / f"logos_{arch}_{act}",
-                f"{label} (best {arch} {act})",
-            )
-            for (arch, act), (label, motifs, fm) in sorted(best_filters.items())
-        ]
-        echo(f"  drawing {len(jobs)} filter-logo grids")
-        files += filter_logos_many(jobs)
-        meta = {"study": study, "task": task, "parent_run_id": sr.parent.info.run_id, "top_k": sel.top_k,
+        files = write_tables({"per_run": per_run, "summary": summary, "paired_exp_vs_relu": paired}, out, caption)
+        files += draw_figures(summary, best_filters, spec, out, f"{study}: exp vs relu (best {sel.top_k})", echo)
+        meta = {"study": study, "task": spec.name, "parent_run_id": sr.parent.info.run_id, "top_k": sel.top_k,
                 "rank_on": rank_on, "ground_truth": ground_truth, "release": release, "runs_analysed": len(rows), "skipped": skipped}
         (out / "analysis.json").write_text(json.dumps(meta, indent=2))
         files.append(out / "analysis.json")
-        for f in files:
-            c.log_artifact(sr.parent.info.run_id, str(f), "analysis")
+        publish(c, sr.parent.info.run_id, files)
         echo(f"analysis of {study!r}: {len(rows)} runs in {time.perf_counter() - t0:.0f} s; tables and figures in {out if out_dir else 'the parent run'}")
-        return AnalysisResult(study, task, out, per_run, summary, paired, files if out_dir else [], skipped)
+        return AnalysisResult(study, spec.name, out, per_run, summary, paired, files if out_dir else [], skipped)
