@@ -67,7 +67,9 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
                 if "relu" not in by.index or "exp" not in by.index:
                     continue
                 x, y = by.loc["relu", f"{m}_mean"], by.loc["exp", f"{m}_mean"]
-                ax.errorbar(x, y, xerr=by.loc["relu", f"{m}_std"], yerr=by.loc["exp", f"{m}_std"], fmt="o", ms=5, capsize=2, label=arch)
+                ax.errorbar(
+                    x, y, xerr=by.loc["relu", f"{m}_std"], yerr=by.loc["exp", f"{m}_std"], fmt="o", ms=5, capsize=2, label=arch
+                )
                 vals += [x, y]
             finite = [v for v in vals if np.isfinite(v)]
             lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
@@ -85,7 +87,9 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
     return _finish(fig, stem, title, 10)
 
 
-def filter_logos(pwms: Sequence[np.ndarray], labels: Sequence[str], stem: str | Path, *, title: str = "", ncols: int = 4) -> list[Path]:
+def filter_logos(
+    pwms: Sequence[np.ndarray], labels: Sequence[str], stem: str | Path, *, title: str = "", ncols: int = 4
+) -> list[Path]:
     """Information-content logos (logomaker) of filter PPMs ``(4, L)``, each titled with its label
     (e.g. its TomTom match)."""
     import logomaker

@@ -26,5 +26,6 @@ def cell_name(architecture: str, activation: str, seed) -> str:
     """A grid cell's run name: ``C24-exp-s0``."""
     return f"{architecture}-{activation}-s{seed}"
 
+
 #: The params that identify a grid cell (the search space's dimensions).
 CELL_KEYS = ("architecture", "activation", "seed")

@@ -115,9 +115,7 @@ def validate_pwm(pwm: np.ndarray, name: str, *, atol: float = 1e-3) -> np.ndarra
     sums = arr.sum(axis=0)
     bad = np.flatnonzero(np.abs(sums - 1.0) > atol)
     if bad.size:
-        raise ValueError(
-            f"motif {name!r}: column {int(bad[0])} sums to {sums[bad[0]]:.4f}, not 1 (probabilities expected)"
-        )
+        raise ValueError(f"motif {name!r}: column {int(bad[0])} sums to {sums[bad[0]]:.4f}, not 1 (probabilities expected)")
     return arr
 
 

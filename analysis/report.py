@@ -57,7 +57,21 @@ def load_model(uri: str, run, device: str = "cpu"):
         path = mlruns.download(uri, run.info.run_id, "model/weights.pt")
     except Exception as e:  # MLflow raises several types for a missing artifact
         raise RunError(f"no weights (model/weights.pt) logged: {type(e).__name__}") from None
-    sizes = {k: int(p[k]) for k in ("filters", "lstm_units", "key_size", "dense_units", "num_outputs", "heads", "ffn_units", "kernel_size", "seq_len") if k in p}
+    sizes = {
+        k: int(p[k])
+        for k in (
+            "filters",
+            "lstm_units",
+            "key_size",
+            "dense_units",
+            "num_outputs",
+            "heads",
+            "ffn_units",
+            "kernel_size",
+            "seq_len",
+        )
+        if k in p
+    }
     model = build(p["architecture"], p["task"], p["activation"], **sizes)
     model.load_state_dict(torch.load(path, weights_only=True, map_location=device))
     return model.to(device).eval()
@@ -223,7 +237,9 @@ def _grid_order(per_run: pd.DataFrame) -> pd.DataFrame:
 
     order = {a: i for i, a in enumerate(GRID)}
     return per_run.sort_values(
-        ["architecture", "activation", "seed"], key=lambda c: c.map(order) if c.name == "architecture" else c, ascending=[True, False, True]
+        ["architecture", "activation", "seed"],
+        key=lambda c: c.map(order) if c.name == "architecture" else c,
+        ascending=[True, False, True],
     ).reset_index(drop=True)
 
 
@@ -266,10 +282,16 @@ def analyze_study(
         echo(f"  skipping {label}: {why}")
     if not sel.usable:
         raise UserError(f"study {study!r} has no finished {spec.name} run to analyse ({len(skipped)} skipped)")
-    echo(f"analysing {len(sel.usable)} {spec.name} runs of study {study!r} (best {sel.top_k} per configuration, ranked on {sel.rank_key}; ground truth: {ground_truth})")
+    echo(
+        f"analysing {len(sel.usable)} {spec.name} runs of study {study!r} (best {sel.top_k} per configuration, ranked on {sel.rank_key}; ground truth: {ground_truth})"
+    )
     c = mlruns.client(uri)
     shared = _Shared(
-        uri, spec, device or ("cuda" if torch.cuda.is_available() else "cpu"), ground_truth, release,
+        uri,
+        spec,
+        device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        ground_truth,
+        release,
         best_ids={rs[0].info.run_id: key for key, rs in sel.chosen.items()},
     )
     selected_ids = {r.info.run_id for rs in sel.chosen.values() for r in rs}
@@ -288,11 +310,17 @@ def analyze_study(
             if best is not None:
                 best_filters[shared.best_ids[run.info.run_id]] = best
             p, m = run.data.params, run.data.metrics
-            rows.append({
-                "run_id": run.info.run_id, "architecture": p["architecture"], "activation": p["activation"],
-                "seed": int(p["seed"]), "selected": run.info.run_id in selected_ids,
-                **{k: m.get(k, np.nan) for k in CLASS_METRICS + [sel.rank_key]}, **metrics,
-            })
+            rows.append(
+                {
+                    "run_id": run.info.run_id,
+                    "architecture": p["architecture"],
+                    "activation": p["activation"],
+                    "seed": int(p["seed"]),
+                    "selected": run.info.run_id in selected_ids,
+                    **{k: m.get(k, np.nan) for k in CLASS_METRICS + [sel.rank_key]},
+                    **metrics,
+                }
+            )
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
             echo(f"  [{i}/{len(sel.usable)}] {label}: {shown}")
         if not rows:
@@ -310,10 +338,21 @@ def analyze_study(
         )
         files = write_tables({"per_run": per_run, "summary": summary, "paired_exp_vs_relu": paired}, out, caption)
         files += draw_figures(summary, best_filters, spec, out, f"{study}: exp vs relu (best {sel.top_k})", echo)
-        meta = {"study": study, "task": spec.name, "parent_run_id": sr.parent.info.run_id, "top_k": sel.top_k,
-                "rank_on": rank_on, "ground_truth": ground_truth, "release": release, "runs_analysed": len(rows), "skipped": skipped}
+        meta = {
+            "study": study,
+            "task": spec.name,
+            "parent_run_id": sr.parent.info.run_id,
+            "top_k": sel.top_k,
+            "rank_on": rank_on,
+            "ground_truth": ground_truth,
+            "release": release,
+            "runs_analysed": len(rows),
+            "skipped": skipped,
+        }
         (out / "analysis.json").write_text(json.dumps(meta, indent=2))
         files.append(out / "analysis.json")
         publish(c, sr.parent.info.run_id, files)
-        echo(f"analysis of {study!r}: {len(rows)} runs in {time.perf_counter() - t0:.0f} s; tables and figures in {out if out_dir else 'the parent run'}")
+        echo(
+            f"analysis of {study!r}: {len(rows)} runs in {time.perf_counter() - t0:.0f} s; tables and figures in {out if out_dir else 'the parent run'}"
+        )
         return AnalysisResult(study, spec.name, out, per_run, summary, paired, files if out_dir else [], skipped)

@@ -41,7 +41,9 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
         if not folder.is_dir():
             raise UserError(f"tracking URI {uri}: folder {folder} does not exist")
     elif uri.startswith("file:") or "://" not in uri:
-        raise UserError(f"tracking URI {uri!r}: MLflow's file store is not supported; use sqlite:///PATH/mlflow.db or an http(s) server")
+        raise UserError(
+            f"tracking URI {uri!r}: MLflow's file store is not supported; use sqlite:///PATH/mlflow.db or an http(s) server"
+        )
     else:
         raise UserError(f"tracking URI {uri!r}: use sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
 
@@ -69,7 +71,6 @@ def child_runs(c, experiment_id: str, parent_run_id: str) -> list:
         token = page.token
         if not token:
             return out
-
 
 
 @dataclass

@@ -34,19 +34,22 @@ def paired_exp_vs_relu(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFram
             if d.size >= 2 and np.any(d != 0):
                 p = float(wilcoxon(d).pvalue)
             sd = d.std(ddof=1) if d.size >= 2 else np.nan
-            rows.append({
-                "architecture": arch,
-                "metric": m,
-                "pairs": int(d.size),
-                "mean_diff_exp_minus_relu": float(d.mean()) if d.size else np.nan,
-                "cohens_dz": float(d.mean() / sd) if d.size >= 2 and sd > 0 else np.nan,
-                "wilcoxon_p": p,
-            })
+            rows.append(
+                {
+                    "architecture": arch,
+                    "metric": m,
+                    "pairs": int(d.size),
+                    "mean_diff_exp_minus_relu": float(d.mean()) if d.size else np.nan,
+                    "cohens_dz": float(d.mean() / sd) if d.size >= 2 and sd > 0 else np.nan,
+                    "wilcoxon_p": p,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def to_markdown(df: pd.DataFrame, digits: int = 3, caption: str | None = None) -> str:
     """A plain Markdown table (no optional dependency), after a one-line ``caption`` if given."""
+
     def fmt(v):
         if isinstance(v, float):
             return "nan" if np.isnan(v) else f"{v:.{digits}f}"

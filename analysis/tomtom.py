@@ -56,6 +56,7 @@ MotifsLike = Union[str, os.PathLike, Sequence[Motif], Sequence[np.ndarray], np.n
 try:  # numba compiles the inner loops; its cache makes later processes skip compilation
     from numba import njit
 except ImportError:  # pragma: no cover - numba is a pinned dependency
+
     def njit(*args, **kwargs):
         return (lambda f: f) if not (args and callable(args[0])) else args[0]
 
@@ -411,9 +412,7 @@ def qvalues(p: np.ndarray, overlap: np.ndarray | None = None, *, pi0: float = 1.
     return q
 
 
-def _query_table(
-    query: Motif, t: _Targets, distance: str, min_overlap: int, pseudocount: float
-) -> dict[str, np.ndarray]:
+def _query_table(query: Motif, t: _Targets, distance: str, min_overlap: int, pseudocount: float) -> dict[str, np.ndarray]:
     w = query.width
     raw = _column_scores(_meme_columns(query, pseudocount), t, distance)
     scaled, small, scale = _shift_and_scale(raw, BINS)

@@ -20,7 +20,9 @@ from hybridlens.study.train import TensorData, TrainConfig, Trainer, seed_everyt
 
 def plain_loop(model, ds, device, epochs: int, batch_size: int = 100) -> float:
     """A textbook loop: DataLoader over CPU tensors, per-batch transfer and loss.item()."""
-    loader = DataLoader(TensorDataset(torch.as_tensor(ds.train.x), torch.as_tensor(ds.train.y)), batch_size=batch_size, shuffle=True)
+    loader = DataLoader(
+        TensorDataset(torch.as_tensor(ds.train.x), torch.as_tensor(ds.train.y)), batch_size=batch_size, shuffle=True
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     model.to(device).train()

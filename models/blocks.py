@@ -112,7 +112,7 @@ class MultiHeadAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Post-LN transformer block of the reference (method.md §1.3)::
 
-        x = LN(x + Dropout(MHA(x)));  x = LN(x + Dropout(Dense(d)(Dropout(ReLU(Dense(ffn)(x))))))
+    x = LN(x + Dropout(MHA(x)));  x = LN(x + Dropout(Dense(d)(Dropout(ReLU(Dense(ffn)(x))))))
     """
 
     def __init__(self, d_model: int, heads: int = 8, ffn_units: int = 32, dropout: float = 0.1):

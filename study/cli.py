@@ -79,9 +79,15 @@ def data_task1(
 def data_task2(
     out: Path = typer.Option(..., "--out", help="HDF5 file to write."),
     seed: int = typer.Option(TASKS["task2"].data_seed, help="Random seed (same seed, same file content)."),
-    num_seqs: int = typer.Option(TASKS["task2"].num_seqs, "--num-seqs", help="Total sequences, half positive (split 0.7/0.1/0.2)."),
+    num_seqs: int = typer.Option(
+        TASKS["task2"].num_seqs, "--num-seqs", help="Total sequences, half positive (split 0.7/0.1/0.2)."
+    ),
     max_motifs: int = typer.Option(5, "--max-motifs", help="3-5 motifs per sequence (paper) or 7 for 3-7 (code)."),
-    background: str = typer.Option("filtered", "--background", help="Negative pool: 'filtered' (100 motifs unlike the core ones) or 'code' (the released code's 50)."),
+    background: str = typer.Option(
+        "filtered",
+        "--background",
+        help="Negative pool: 'filtered' (100 motifs unlike the core ones) or 'code' (the released code's 50).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Task 2: synthetic regulatory code, 5 core motifs vs core + background motifs (Koo & Ploenzke 2021)."""
@@ -97,11 +103,21 @@ WORKDIR_OPTION = typer.Option(
 def study_cmd(
     config: Path = typer.Argument(..., help="Study YAML (see configs/)."),
     workdir: Path = WORKDIR_OPTION,
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Existing Ray cluster (HOST:PORT or auto); default: a local Ray."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (http://HOST:PORT); default: sqlite in the workdir."),
-    storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Ray Tune storage (shared by all nodes of a cluster); default: WORKDIR/ray."),
-    smoke_test: bool = typer.Option(False, "--smoke-test", help="Shrink the same study: 2 architectures, 1 seed, 2 epochs, 600 sequences."),
-    no_analyze: bool = typer.Option(False, "--no-analyze", help="Skip the analysis at the end (run it later with 'hybridlens analyze')."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Existing Ray cluster (HOST:PORT or auto); default: a local Ray."
+    ),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow server (http://HOST:PORT); default: sqlite in the workdir."
+    ),
+    storage_path: Optional[str] = typer.Option(
+        None, "--storage-path", help="Ray Tune storage (shared by all nodes of a cluster); default: WORKDIR/ray."
+    ),
+    smoke_test: bool = typer.Option(
+        False, "--smoke-test", help="Shrink the same study: 2 architectures, 1 seed, 2 epochs, 600 sequences."
+    ),
+    no_analyze: bool = typer.Option(
+        False, "--no-analyze", help="Skip the analysis at the end (run it later with 'hybridlens analyze')."
+    ),
 ) -> None:
     """Run a grid study: data (if missing), the Ray Tune grid, MLflow tracking, then the analysis."""
     from hybridlens.study.runner import run_study
@@ -161,11 +177,19 @@ def runs_cmd(
 def analyze_cmd(
     study: str = typer.Option(..., "--study", help="Study name (the MLflow experiment)."),
     workdir: Path = WORKDIR_OPTION,
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server or store; default: the workdir's mlflow.db."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Best runs per configuration (default: 3 for Task 1, 5 for Task 2)."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow server or store; default: the workdir's mlflow.db."
+    ),
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", min=1, help="Best runs per configuration (default: 3 for Task 1, 5 for Task 2)."
+    ),
     rank_on: str = typer.Option("valid", "--rank-on", help="Rank runs on the validation (default) or test metric."),
     task: Optional[str] = typer.Option(None, "--task", help="Analyse only this task's runs (task1 or task2)."),
-    ground_truth: str = typer.Option("base_ids", "--ground-truth", help="What counts as a ground-truth hit: base_ids (any version of the TFs' JASPAR IDs) or reference_lists (the released code's lists)."),
+    ground_truth: str = typer.Option(
+        "base_ids",
+        "--ground-truth",
+        help="What counts as a ground-truth hit: base_ids (any version of the TFs' JASPAR IDs) or reference_lists (the released code's lists).",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for tables and figures; default: WORKDIR/analysis/STUDY."),
 ) -> None:
     """Analyse a study from MLflow alone: filter TPR/FPR (Task 1) or saliency (Task 2), tables, figures."""
@@ -181,7 +205,16 @@ def analyze_cmd(
         if not (workdir / "mlflow.db").is_file():
             raise UserError(f"{workdir / 'mlflow.db'} does not exist; pass --workdir of a study or --tracking-uri")
         uri = sqlite_uri(workdir)
-    analyze_study(uri, study, task=task, top_k=top_k, rank_on=rank_on, ground_truth=ground_truth, out_dir=out or workdir / "analysis" / study, echo=echo)
+    analyze_study(
+        uri,
+        study,
+        task=task,
+        top_k=top_k,
+        rank_on=rank_on,
+        ground_truth=ground_truth,
+        out_dir=out or workdir / "analysis" / study,
+        echo=echo,
+    )
 
 
 @app.command("ui")

@@ -208,7 +208,9 @@ class StudyConfig(_Strict):
         out["grid"]["architectures"] = self.grid.architecture_names()
         out["model"]["sizes"] = asdict(TASK_SIZES[self.task]) | self.model.overrides()
         if self.model.per_architecture:
-            out["model"]["per_architecture"] = {a: o.model_dump(exclude_none=True) for a, o in self.model.per_architecture.items()}
+            out["model"]["per_architecture"] = {
+                a: o.model_dump(exclude_none=True) for a, o in self.model.per_architecture.items()
+            }
         return out
 
     def config_hash(self) -> str:

@@ -56,7 +56,9 @@ def _progress_callback(echo: Echo, total: int):
             if time.monotonic() - self.last_beat > 60:
                 self.last_beat = time.monotonic()
                 running = sum(t.status == "RUNNING" for t in trials)
-                echo(f"  ... {self.done}/{total} done, {running} running, {self.errors} errors; {self._name(trial)} at epoch {result.get('epoch')}")
+                echo(
+                    f"  ... {self.done}/{total} done, {running} running, {self.errors} errors; {self._name(trial)} at epoch {result.get('epoch')}"
+                )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
@@ -135,7 +137,6 @@ class _SigtermAsSigint:
         signal.signal(signal.SIGTERM, self.prev)
 
 
-
 def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool) -> LaunchSummary:
     """Run (or, with ``restore``, resume) the launch's grid; close the books whatever happens."""
     from ray import tune
@@ -146,7 +147,9 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool) -> Launc
         _init_ray(cfg, launch.ray_address)
         total = len(cfg.cells())
         if restore:
-            tuner = tune.Tuner.restore(launch.experiment_path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=False)
+            tuner = tune.Tuner.restore(
+                launch.experiment_path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=False
+            )
         else:
             param_space = {
                 "architecture": tune.grid_search(cfg.grid.architecture_names()),
@@ -172,6 +175,10 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool) -> Launc
     finally:
         summary = close_launch(launch, cfg, echo)
         pid_file.unlink(missing_ok=True)
-    state = "complete" if summary.complete else f"interrupted: resume with 'hybridlens resume {launch.workdir} --study {cfg.name}'"
-    echo(f"study {cfg.name} {state}: {summary.finished} finished, {summary.failed} failed ({summary.diverged} diverged), {summary.killed} killed")
+    state = (
+        "complete" if summary.complete else f"interrupted: resume with 'hybridlens resume {launch.workdir} --study {cfg.name}'"
+    )
+    echo(
+        f"study {cfg.name} {state}: {summary.finished} finished, {summary.failed} failed ({summary.diverged} diverged), {summary.killed} killed"
+    )
     return summary

@@ -88,7 +88,9 @@ def load_launch(workdir: str | Path, study: str | None = None) -> Launch:
     folder = workdir / "studies"
     names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
     if not names:
-        raise UserError(f"{workdir} holds no study (no {folder}/NAME.json); run 'hybridlens study CONFIG --workdir {workdir}' first")
+        raise UserError(
+            f"{workdir} holds no study (no {folder}/NAME.json); run 'hybridlens study CONFIG --workdir {workdir}' first"
+        )
     if study is None:
         if len(names) > 1:
             raise UserError(f"{workdir} holds several studies ({', '.join(names)}); pick one with --study")

@@ -25,7 +25,9 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as e:
-        raise UserError(f"Ray cluster at {address} is unreachable ({e.strerror or e}); start it with 'ray start --head' or fix --ray-address") from None
+        raise UserError(
+            f"Ray cluster at {address} is unreachable ({e.strerror or e}); start it with 'ray start --head' or fix --ray-address"
+        ) from None
 
 
 def check_resources(cfg: StudyConfig, ray_address: str | None, *, smoke_test: bool = False, echo: Echo = print) -> StudyConfig:
@@ -44,9 +46,13 @@ def check_resources(cfg: StudyConfig, ray_address: str | None, *, smoke_test: bo
         return cfg.model_copy(update={"resources": res.model_copy(update={"gpu": 0.0})})
     if res.gpu > gpus:
         have = "has no GPU" if gpus == 0 else f"has {gpus} GPU(s)"
-        raise UserError(f"resources.gpu is {res.gpu:g} per trial but this machine {have}; set resources.gpu: 0 (CPU) or run on a cluster with --ray-address")
+        raise UserError(
+            f"resources.gpu is {res.gpu:g} per trial but this machine {have}; set resources.gpu: 0 (CPU) or run on a cluster with --ray-address"
+        )
     if res.cpu > cpus:
-        raise UserError(f"resources.cpu is {res.cpu:g} per trial but the local Ray has {cpus} CPU(s); lower resources.cpu (or raise ray.num_cpus)")
+        raise UserError(
+            f"resources.cpu is {res.cpu:g} per trial but the local Ray has {cpus} CPU(s); lower resources.cpu (or raise ray.num_cpus)"
+        )
     return cfg
 
 
@@ -67,7 +73,9 @@ def check_data_path(cfg: StudyConfig) -> Path | None:
         return None
     path = Path(cfg.data.path).expanduser().resolve()
     if not path.is_file():
-        raise UserError(f"dataset {path} (data.path) does not exist; generate it with 'hybridlens data {cfg.task} --out {path}' or drop data.path")
+        raise UserError(
+            f"dataset {path} (data.path) does not exist; generate it with 'hybridlens data {cfg.task} --out {path}' or drop data.path"
+        )
     n_out = load_dataset(path, splits=()).num_outputs
     expected = TASKS[cfg.task].num_outputs
     if n_out != expected:
@@ -102,5 +110,3 @@ def ensure_dataset(cfg: StudyConfig, workdir: Path, echo: Echo) -> Path:
 
     write_dataset(path, simulate(cfg.task, progress=progress, **kwargs))
     return path
-
-

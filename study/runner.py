@@ -92,7 +92,9 @@ def run_study(
     c.log_text(parent, resolved_yaml, "config/study.yaml")
     _log_study_params(c, parent, cfg, data_path)
     cells = cfg.cells()
-    echo(f"study {cfg.name}: {len(cells)} trials ({len(cfg.grid.architecture_names())} architectures x {len(cfg.grid.activations)} activations x {len(cfg.grid.seeds)} seeds), {cfg.train.epochs} epochs max")
+    echo(
+        f"study {cfg.name}: {len(cells)} trials ({len(cfg.grid.architecture_names())} architectures x {len(cfg.grid.activations)} activations x {len(cfg.grid.seeds)} seeds), {cfg.train.epochs} epochs max"
+    )
     echo(f"  tracking {uri} (experiment {experiment_id}, parent run {parent})")
     return _analyze(fit(launch, cfg, echo, restore=False), cfg, analyze, echo)
 

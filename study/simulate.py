@@ -248,11 +248,7 @@ def select_background_motifs(
         for m in fetch_collection(release, tax_group=["vertebrates"])
         if m.id not in {c.id for c in core} and m.name.upper() not in core_names
     ]
-    kept = [
-        m
-        for m in candidates
-        if max(_best_mean_correlation(c.pwm, m.pwm, min_overlap) for c in core) < threshold
-    ]
+    kept = [m for m in candidates if max(_best_mean_correlation(c.pwm, m.pwm, min_overlap) for c in core) < threshold]
     if len(kept) < num:
         raise ValueError(f"only {len(kept)} background motifs pass the similarity rule; asked for {num}")
     order = np.random.default_rng(seed).permutation(len(kept))

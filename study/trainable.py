@@ -56,7 +56,11 @@ class InjectedFault(RuntimeError):
 
 def _maybe_fault(cfg: StudyConfig, cell: dict, epoch: int, trial_id: str, workdir: Path) -> None:
     for f in cfg.faults:
-        if f.architecture != cell["architecture"] or f.activation not in (None, cell["activation"]) or f.seed not in (None, cell["seed"]):
+        if (
+            f.architecture != cell["architecture"]
+            or f.activation not in (None, cell["activation"])
+            or f.seed not in (None, cell["seed"])
+        ):
             continue
         if f.mode == "always" and epoch >= f.epoch:  # every attempt, also one resumed past f.epoch
             raise InjectedFault(f"injected fault (always) at epoch {epoch}")
@@ -150,7 +154,9 @@ def train_trial(config: dict) -> None:
     logger = tracking.TrialLogger(c, run_id)
     try:
         seed_everything(cell["seed"])
-        model = build(cell["architecture"], cfg.task, cell["activation"], seed=cell["seed"], **cfg.model.overrides(cell["architecture"]))
+        model = build(
+            cell["architecture"], cfg.task, cell["activation"], seed=cell["seed"], **cfg.model.overrides(cell["architecture"])
+        )
         trainer = Trainer(model, data, cfg.train_config(cell["seed"]))
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
@@ -178,7 +184,11 @@ def train_trial(config: dict) -> None:
         final = {f"best_val_{k}": v for k, v in trainer.evaluate("valid").items()}
         final |= {f"test_{k}": v for k, v in trainer.evaluate("test").items()}
         final |= {"best_epoch": trainer.best_epoch, "epochs_trained": trainer.epoch}
-        logger.log(final, step=trainer.epoch, tags={layout.TAG_OUTCOME: "finished", layout.TAG_NODE: ray.get_runtime_context().get_node_id()})
+        logger.log(
+            final,
+            step=trainer.epoch,
+            tags={layout.TAG_OUTCOME: "finished", layout.TAG_NODE: ray.get_runtime_context().get_node_id()},
+        )
         _log_artifacts(c, run_id, trainer, ds, cfg, cell, config)
         c.set_terminated(run_id, "FINISHED")
         tune.report({**final, "epoch": trainer.epoch, "diverged": 0, "done": 1})
@@ -192,5 +202,9 @@ def train_trial(config: dict) -> None:
 
 
 def _end_diverged(c, logger, run_id: str, trainer, message: str) -> None:
-    logger.log({"diverged_epoch": trainer.epoch + 1}, step=trainer.epoch + 1, tags={layout.TAG_OUTCOME: "diverged", layout.TAG_ERROR: message})
+    logger.log(
+        {"diverged_epoch": trainer.epoch + 1},
+        step=trainer.epoch + 1,
+        tags={layout.TAG_OUTCOME: "diverged", layout.TAG_ERROR: message},
+    )
     c.set_terminated(run_id, "FAILED")

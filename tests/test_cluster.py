@@ -22,14 +22,18 @@ def test_study_runs_across_two_nodes(tmp_path):
     data = tmp_path / "tiny.h5"
     write_dataset(data, simulate_task1(num_seqs=300, seed=2))
     cfg = tmp_path / "cluster.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "name": "cluster",
-        "task": "task1",
-        "data": {"path": str(data)},
-        "grid": {"architectures": ["C24", "C4C6"], "activations": ["relu", "exp"], "seeds": [0]},
-        "train": {"epochs": 3},
-        "resources": {"cpu": 1},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "cluster",
+                "task": "task1",
+                "data": {"path": str(data)},
+                "grid": {"architectures": ["C24", "C4C6"], "activations": ["relu", "exp"], "seeds": [0]},
+                "train": {"epochs": 3},
+                "resources": {"cpu": 1},
+            }
+        )
+    )
     store = 80 * 1024 * 1024
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "object_store_memory": store})
     try:
@@ -37,9 +41,23 @@ def test_study_runs_across_two_nodes(tmp_path):
         cluster.wait_for_nodes()
         work = tmp_path / "work"
         r = subprocess.run(
-            [sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work),
-             "--ray-address", cluster.address, "--storage-path", str(tmp_path / "shared"), "--no-analyze"],
-            capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "hybridlens.study.cli",
+                "study",
+                str(cfg),
+                "--workdir",
+                str(work),
+                "--ray-address",
+                cluster.address,
+                "--storage-path",
+                str(tmp_path / "shared"),
+                "--no-analyze",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert r.returncode == 0, r.stderr[-3000:]
     finally:
@@ -67,9 +85,23 @@ def test_study_tracks_to_a_real_mlflow_server(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
-         "--artifacts-destination", str(tmp_path / "srv-art"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'srv.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "srv-art"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -84,12 +116,33 @@ def test_study_tracks_to_a_real_mlflow_server(tmp_path):
         data = tmp_path / "d.h5"
         write_dataset(data, simulate_task1(num_seqs=300, seed=4))
         cfg = tmp_path / "srv.yaml"
-        cfg.write_text(yaml.safe_dump({
-            "name": "srv", "task": "task1", "data": {"path": str(data)},
-            "grid": {"architectures": ["C24"], "activations": ["relu", "exp"], "seeds": [0]}, "train": {"epochs": 2},
-        }))
-        r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(tmp_path / "work"),
-                            "--tracking-uri", uri], capture_output=True, text=True, timeout=600)
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "srv",
+                    "task": "task1",
+                    "data": {"path": str(data)},
+                    "grid": {"architectures": ["C24"], "activations": ["relu", "exp"], "seeds": [0]},
+                    "train": {"epochs": 2},
+                }
+            )
+        )
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hybridlens.study.cli",
+                "study",
+                str(cfg),
+                "--workdir",
+                str(tmp_path / "work"),
+                "--tracking-uri",
+                uri,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         sr = find_study(uri, "srv")
         assert len(sr.children) == 2 and all(x.info.status == "FINISHED" for x in sr.children)

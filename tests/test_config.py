@@ -74,10 +74,14 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path):
     work = tmp_path / "work"
     r = subprocess.run(
         [sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"hybridlens: error: {cfg}: train.epochs: Input should be greater than or equal to 1"]
+    assert r.stderr.strip().splitlines() == [
+        f"hybridlens: error: {cfg}: train.epochs: Input should be greater than or equal to 1"
+    ]
     assert not work.exists()
 
 
@@ -101,9 +105,18 @@ def test_reference_configs_carry_the_released_codes_choices():
     [
         ({"task": "task1", "data": {"background": "code"}}, "data.background applies to task2 only"),
         ({"task": "task2", "data": {"background": "paper"}}, "data.background: Input should be 'filtered' or 'code'"),
-        ({"task": "task2", "analysis": {"ground_truth": "ids"}}, "analysis.ground_truth: Input should be 'base_ids' or 'reference_lists'"),
-        ({"task": "task2", "model": {"per_architecture": {"C5": {"key_size": 96}}}}, "model.per_architecture: unknown architecture 'C5'"),
-        ({"task": "task2", "model": {"per_architecture": {"C4-Att": {"heads": 4}}}}, "model.per_architecture.C4-Att.heads: unknown key"),
+        (
+            {"task": "task2", "analysis": {"ground_truth": "ids"}},
+            "analysis.ground_truth: Input should be 'base_ids' or 'reference_lists'",
+        ),
+        (
+            {"task": "task2", "model": {"per_architecture": {"C5": {"key_size": 96}}}},
+            "model.per_architecture: unknown architecture 'C5'",
+        ),
+        (
+            {"task": "task2", "model": {"per_architecture": {"C4-Att": {"heads": 4}}}},
+            "model.per_architecture.C4-Att.heads: unknown key",
+        ),
     ],
 )
 def test_reference_options_validated(raw, message):
@@ -116,12 +129,18 @@ def test_cli_lists_every_mistake_of_a_config(tmp_path):
     cfg.write_text(yaml.safe_dump({"name": "x", "task": "task1", "train": {"epochs": 0, "lr": -1}, "grid": {"seeds": 0}}))
     r = subprocess.run(
         [sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"hybridlens: error: {cfg}: ")
-    for problem in ("grid.seeds: must be >= 1 (got 0)", "train.epochs: Input should be greater than or equal to 1", "train.lr: Input should be greater than 0"):
+    for problem in (
+        "grid.seeds: must be >= 1 (got 0)",
+        "train.epochs: Input should be greater than or equal to 1",
+        "train.lr: Input should be greater than 0",
+    ):
         assert problem in line
 
 

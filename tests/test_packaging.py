@@ -10,8 +10,15 @@ def test_user_files_named_like_our_folders_do_not_shadow_hybridlens(tmp_path):
     for name in ("models", "analysis", "study"):
         (tmp_path / f"{name}.py").write_text(f"raise SystemExit('the user\\'s own {name}.py was imported')\n")
     r = subprocess.run(
-        [sys.executable, "-c", "import hybridlens.models, hybridlens.analysis, hybridlens.study.cli; print(hybridlens.models.build.__module__)"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import hybridlens.models, hybridlens.analysis, hybridlens.study.cli; print(hybridlens.models.build.__module__)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "hybridlens.models.grid"

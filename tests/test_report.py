@@ -33,14 +33,18 @@ def _study(tmp: Path, task: str, archs: list[str]) -> tuple[Path, dict]:
     sim = simulate_task1 if task == "task1" else simulate_task2
     write_dataset(data, sim(num_seqs=400, seed=5))
     cfg = tmp / f"{task}.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "name": f"tiny-{task}",
-        "task": task,
-        "data": {"path": str(data)},
-        "grid": {"architectures": archs, "activations": ["relu", "exp"], "seeds": [0]},
-        "train": {"epochs": 2},
-        "ray": {"object_store_memory_mb": 100},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": f"tiny-{task}",
+                "task": task,
+                "data": {"path": str(data)},
+                "grid": {"architectures": archs, "activations": ["relu", "exp"], "seeds": [0]},
+                "train": {"epochs": 2},
+                "ray": {"object_store_memory_mb": 100},
+            }
+        )
+    )
     work = tmp / "work"
     summary = run_study(cfg, workdir=work, echo=lambda m: None)
     return work, summary
@@ -64,8 +68,17 @@ def test_study_runs_the_analysis_and_logs_it(task1):
     assert summary.analysis.task == "task1"
     out = work / "analysis" / "tiny-task1"
     names = {p.name for p in out.iterdir()}
-    for f in ("summary.csv", "summary.md", "paired_exp_vs_relu.csv", "per_run.csv", "fig2_task1.png", "fig2_task1.pdf",
-              "logos_C24_exp.png", "logos_C4C6_relu.pdf", "analysis.json"):
+    for f in (
+        "summary.csv",
+        "summary.md",
+        "paired_exp_vs_relu.csv",
+        "per_run.csv",
+        "fig2_task1.png",
+        "fig2_task1.pdf",
+        "logos_C24_exp.png",
+        "logos_C4C6_relu.pdf",
+        "analysis.json",
+    ):
         assert f in names, f
     summ = pd.read_csv(out / "summary.csv")
     assert set(summ.columns) >= {"architecture", "activation", "tpr_mean", "tpr_std", "fpr_mean", "test_aupr_mean", "runs"}
@@ -103,7 +116,9 @@ def test_runs_without_weights_are_skipped_others_analysed(task1):
     work, summary = task1
     launch = summary.launch
     c = client(launch.tracking_uri)
-    fake = c.create_run(launch.experiment_id, tags={TAG_PARENT: launch.parent_run_id, TAG_KIND: "trial", TAG_OUTCOME: "finished"}).info.run_id
+    fake = c.create_run(
+        launch.experiment_id, tags={TAG_PARENT: launch.parent_run_id, TAG_KIND: "trial", TAG_OUTCOME: "finished"}
+    ).info.run_id
     for k, v in dict(architecture="C24", activation="exp", seed=7, task="task1").items():
         c.log_param(fake, k, v)
     c.log_metric(fake, "best_val_aupr", 0.99)

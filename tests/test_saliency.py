@@ -59,7 +59,9 @@ def test_snr_by_hand_and_too_few_background_scores():
     s2[0, 5:30] = -1.0
     s2[0, 5:15] = 0.5  # only 10 positive background scores: SNR 0 (the reference's NaN -> 0)
     assert saliency_metrics(s2, pwm)["snr"][0] == 0.0
-    assert summarize(saliency_metrics(np.vstack([s, s2]), np.vstack([pwm, pwm])))["saliency_snr"] == pytest.approx(m["snr"][0] / 2)
+    assert summarize(saliency_metrics(np.vstack([s, s2]), np.vstack([pwm, pwm])))["saliency_snr"] == pytest.approx(
+        m["snr"][0] / 2
+    )
 
 
 class _Linear(torch.nn.Module):

@@ -147,7 +147,9 @@ def test_task2_code_background_pool():
 def test_task2_default_file_unchanged_by_background_option():
     # The hash the generator gave for this seed and size before the background option existed.
     assert simulate_task2(num_seqs=200, seed=3).content_hash == "bc0f81d8c103498fbccc6f798536fb2484ec0f3424e9b843922b60c7a499bf17"
-    assert simulate_task2(num_seqs=200, seed=3, background="code").content_hash != simulate_task2(num_seqs=200, seed=3).content_hash
+    assert (
+        simulate_task2(num_seqs=200, seed=3, background="code").content_hash != simulate_task2(num_seqs=200, seed=3).content_hash
+    )
 
 
 def test_task2_unknown_background():

@@ -8,12 +8,14 @@ from hybridlens.analysis.stats import aggregate, paired_exp_vs_relu, to_markdown
 
 
 def _frame():
-    return pd.DataFrame({
-        "architecture": ["C24"] * 6,
-        "activation": ["exp", "exp", "exp", "relu", "relu", "relu"],
-        "seed": [0, 1, 2, 0, 1, 2],
-        "tpr": [0.5, 0.6, 0.7, 0.2, 0.4, 0.3],
-    })
+    return pd.DataFrame(
+        {
+            "architecture": ["C24"] * 6,
+            "activation": ["exp", "exp", "exp", "relu", "relu", "relu"],
+            "seed": [0, 1, 2, 0, 1, 2],
+            "tpr": [0.5, 0.6, 0.7, 0.2, 0.4, 0.3],
+        }
+    )
 
 
 def test_aggregate_population_std():

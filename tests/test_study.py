@@ -98,8 +98,11 @@ def test_smoke_study_end_to_end(tmp_path, smoke, data_file):
             assert steps(c, r.info.run_id, key) == [1, 2, 3]
         for key in ("test_auroc", "test_aupr", "test_loss", "best_val_aupr", "best_epoch"):
             assert key in m
-        arts = {a.path for a in c.list_artifacts(r.info.run_id, "model")} | {
-            a.path for a in c.list_artifacts(r.info.run_id, "config")} | {a.path for a in c.list_artifacts(r.info.run_id, "filters")}
+        arts = (
+            {a.path for a in c.list_artifacts(r.info.run_id, "model")}
+            | {a.path for a in c.list_artifacts(r.info.run_id, "config")}
+            | {a.path for a in c.list_artifacts(r.info.run_id, "filters")}
+        )
         assert arts == {"model/weights.pt", "config/trial.json", "filters/filters.meme"}
         local = Path(c.download_artifacts(r.info.run_id, "", str(tmp_path / r.info.run_id)))
         state = torch.load(local / "model" / "weights.pt", weights_only=True)  # never unpickles objects
@@ -114,7 +117,12 @@ def test_smoke_study_end_to_end(tmp_path, smoke, data_file):
 
 
 def test_runs_table(smoke):
-    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "runs", "--workdir", str(smoke[0])], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "hybridlens.study.cli", "runs", "--workdir", str(smoke[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].split()[:5] == ["architecture", "activation", "seed", "status", "outcome"]
@@ -128,8 +136,12 @@ def test_ui_serves_the_store_on_localhost(smoke):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "hybridlens.study.cli", "ui", "--workdir", str(smoke[0]), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridlens.study.cli", "ui", "--workdir", str(smoke[0]), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         end = time.time() + 90
         while True:
@@ -194,7 +206,9 @@ def test_fault_once_retried_from_checkpoint_and_always_failing_trial(tmp_path, d
 
 
 def test_nan_diverging_trial_is_recorded_as_diverged(tmp_path, data_file):
-    cfg = write_config(tmp_path, data_file, name="diverge", grid={"architectures": ["C24"], "activations": ["exp"]}, train={"lr": 1e4})
+    cfg = write_config(
+        tmp_path, data_file, name="diverge", grid={"architectures": ["C24"], "activations": ["exp"]}, train={"lr": 1e4}
+    )
     summary = run_study(cfg, workdir=tmp_path / "work", analyze=False, echo=lambda m: None)
     assert summary.complete and summary.diverged == 1
     c, launch, runs = runs_of(tmp_path / "work")
@@ -210,7 +224,9 @@ def test_nan_diverging_trial_is_recorded_as_diverged(tmp_path, data_file):
 
 
 def _cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "hybridlens.study.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hybridlens.study.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 def _db_counts(db: Path) -> dict[str, int]:
@@ -240,7 +256,10 @@ def _wait_for(cond, timeout: float, proc) -> None:
 
 
 def _history(c, runs) -> dict[str, list[tuple[int, float]]]:
-    return {r.data.tags["mlflow.runName"]: sorted((m.step, m.value) for m in c.get_metric_history(r.info.run_id, "val_loss")) for r in runs}
+    return {
+        r.data.tags["mlflow.runName"]: sorted((m.step, m.value) for m in c.get_metric_history(r.info.run_id, "val_loss"))
+        for r in runs
+    }
 
 
 EPOCHS = 30
@@ -249,13 +268,21 @@ EPOCHS = 30
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_kill_driver_then_resume(tmp_path, data_file, sig):
     cfg = write_config(
-        tmp_path, data_file, name="killme", train={"epochs": EPOCHS, "early_stopping_patience": None},
-        resources={"max_concurrent": 1}, ray={"checkpoint_every": 2},
+        tmp_path,
+        data_file,
+        name="killme",
+        train={"epochs": EPOCHS, "early_stopping_patience": None},
+        resources={"max_concurrent": 1},
+        ray={"checkpoint_every": 2},
     )
     work = tmp_path / "work"
     proc = _cli("study", str(cfg), "--workdir", str(work), "--no-analyze", start_new_session=True)
     # Kill once one trial has finished and the next one is running.
-    _wait_for(lambda: _db_counts(work / "mlflow.db").get("FINISHED", 0) >= 1 and _db_counts(work / "mlflow.db").get("RUNNING", 0) >= 1, 240, proc)
+    _wait_for(
+        lambda: _db_counts(work / "mlflow.db").get("FINISHED", 0) >= 1 and _db_counts(work / "mlflow.db").get("RUNNING", 0) >= 1,
+        240,
+        proc,
+    )
     time.sleep(1.0)
     if sig == signal.SIGKILL:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray die together
@@ -269,7 +296,12 @@ def test_kill_driver_then_resume(tmp_path, data_file, sig):
     assert finished_before and len(finished_before) < 4  # interrupted mid-study
     if sig == signal.SIGKILL:
         assert any(r.info.status == "RUNNING" for r in before)  # nobody could clean up ...
-        r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "reconcile", "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "hybridlens.study.cli", "reconcile", "--workdir", str(work)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0 and "KILLED" in r.stderr, r.stderr
     _, _, now = runs_of(work)
     assert not any(r.info.status == "RUNNING" for r in now)  # ... reconcile (or the driver) marked them
@@ -281,7 +313,12 @@ def test_kill_driver_then_resume(tmp_path, data_file, sig):
     edited["grid"] = {"architectures": ["C4"], "activations": ["exp"], "seeds": [0, 1, 2]}
     edited["train"]["epochs"] = 3
     cfg.write_text(yaml.safe_dump(edited))
-    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "resume", str(work), "--no-analyze"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "hybridlens.study.cli", "resume", str(work), "--no-analyze"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     assert f"{cfg} changed since the launch; resuming with the recorded config {work / 'studies' / 'killme.yaml'}" in r.stderr
     _, _, after = runs_of(work)
@@ -312,7 +349,12 @@ def test_kill_driver_then_resume(tmp_path, data_file, sig):
 def test_unreachable_services_fail_before_work(tmp_path, data_file, extra, message):
     cfg = write_config(tmp_path, data_file)
     work = tmp_path / "work"
-    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work), *extra], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
@@ -331,7 +373,12 @@ def test_impossible_resources_fail_before_work(tmp_path, data_file, resources, m
     cfg = write_config(tmp_path, data_file, **resources)
     work = tmp_path / "work"
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and time.monotonic() - t0 < 60
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
@@ -341,7 +388,12 @@ def test_impossible_resources_fail_before_work(tmp_path, data_file, resources, m
 def test_missing_dataset_path(tmp_path, data_file):
     cfg = write_config(tmp_path, tmp_path / "nope.h5")
     work = tmp_path / "work"
-    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"hybridlens: error: dataset {tmp_path / 'nope.h5'} (data.path) does not exist; generate it with "
