@@ -226,10 +226,12 @@ def ui_cmd(
     """Start the MLflow UI on the workdir's store."""
     import os
 
+    from hybridlens.analysis.runs import sqlite_uri
+
     db = workdir / "mlflow.db"
     if not db.is_file():
         raise UserError(f"{db} does not exist; run a study with --workdir {workdir} first")
-    uri = f"sqlite:///{db.resolve()}"
+    uri = sqlite_uri(workdir)
     echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl+C stops it")
     # the mlflow of this interpreter, whether or not its venv's bin/ is on PATH
     args = ["-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]

@@ -68,6 +68,8 @@ def _progress_callback(echo: Echo, total: int):
                 what = f"diverged at epoch {r.get('epoch')}"
             else:
                 what = f"{r.get('epochs_trained', r.get('epoch'))} epochs, best epoch {r.get('best_epoch')}, test AUROC {r.get('test_auroc', float('nan')):.3f} AUPR {r.get('test_aupr', float('nan')):.3f}"
+            if r.get("tracking_retries"):
+                what += f"; MLflow logging retried {r['tracking_retries']} time(s)"
             echo(f"  [{self.done}/{total}] {self._name(trial)}: {what} ({secs:.0f} s)")
 
         def on_trial_error(self, iteration, trials, trial, **info):

@@ -5,6 +5,11 @@
 - Per report, one ``log_batch`` request; steps already logged (before a crash, say) are not logged
   again, so a retried trial leaves no duplicate steps.
 - Runs left RUNNING by a stopped driver are marked KILLED, by the driver or ``hybridlens reconcile``.
+- A trial survives its tracking server going away for a while (a restart, an upgrade): every call it
+  makes re-sends on a connection failure, saying so, for up to :data:`RETRY_BUDGET_S` seconds
+  (:class:`RetryingClient`). Re-sent calls are idempotent: metrics carry the timestamp of their first
+  sending (the store keeps one copy of an identical entry), params and artifacts are rewritten with
+  the same content, and a child run is created only after a fresh look for it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,65 @@ import time
 
 from hybridlens.analysis.mlflow_layout import TAG_CONFIG_HASH, TAG_KIND, TAG_OUTCOME, TAG_PARENT, TAG_STUDY, TAG_TRIAL
 from hybridlens.analysis.runs import child_runs, client
+
+#: How long a trial keeps re-sending a call to an unreachable tracking server before it fails (Ray
+#: then retries the trial from its checkpoint, and no step already logged is sent twice).
+RETRY_BUDGET_S = 300.0
+#: MLflow's own retries, shortened in trial processes (unless set by the user) so that a failure
+#: surfaces in seconds and :class:`RetryingClient` can say that it retries; MLflow's defaults retry
+#: silently for about four minutes.
+MLFLOW_CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def unreachable(e: BaseException) -> bool:
+    """Whether ``e`` is a tracking server that could not be reached (connection refused or reset,
+    timeouts, 5xx after MLflow's own retries), as opposed to a request the server refused."""
+    import requests
+
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError)):
+            return True
+    return False
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose calls re-send on :func:`unreachable` errors, with a capped backoff, for
+    up to ``budget_s`` seconds, printing one line per retry; ``retries`` counts them. ``create_run``
+    is not retried on its own (a lost answer would duplicate the run): retry the find-or-create unit
+    with :meth:`call`."""
+
+    NOT_IDEMPOTENT = frozenset({"create_run"})
+
+    def __init__(self, c, *, budget_s: float = RETRY_BUDGET_S, echo=None, sleep=time.sleep):
+        import sys
+
+        self._c, self.budget_s, self._sleep = c, budget_s, sleep
+        self._echo = echo or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.retries = 0
+
+    def call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, re-sent while the tracking server is unreachable."""
+        start, delay, waited = time.monotonic(), 1.0, 0.0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:
+                if not unreachable(e) or max(time.monotonic() - start, waited) + delay > self.budget_s:
+                    raise
+                self.retries += 1
+                waited += delay
+                name = getattr(fn, "__name__", "call")
+                self._echo(
+                    f"hybridlens: tracking server unreachable ({type(e).__name__} in {name}); retry {self.retries} in {delay:.0f} s"
+                )
+                self._sleep(delay)
+                delay = min(2 * delay, 15.0)
+
+    def __getattr__(self, name):
+        attr = getattr(self._c, name)
+        if not callable(attr) or name in self.NOT_IDEMPOTENT:
+            return attr
+        return lambda *a, **k: self.call(attr, *a, **k)
 
 
 def get_or_create_experiment(c, name: str, artifact_location: str | None = None) -> str:

@@ -8,6 +8,7 @@ config (``study``), the absolute dataset path (``data_path``) and where to track
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -148,9 +149,11 @@ def train_trial(config: dict) -> None:
     device = _device(cfg)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))
 
-    c = mlruns.client(trk["uri"])
+    for k, v in tracking.MLFLOW_CLIENT_RETRIES.items():
+        os.environ.setdefault(k, v)
+    c = tracking.RetryingClient(mlruns.client(trk["uri"]))
     ds, data = _data(config["data_path"], device)
-    run_id = _open_child_run(c, trk, trial_id, cfg, cell, ds.content_hash)
+    run_id = c.call(_open_child_run, c, trk, trial_id, cfg, cell, ds.content_hash)
     logger = tracking.TrialLogger(c, run_id)
     try:
         seed_everything(cell["seed"])
@@ -169,7 +172,7 @@ def train_trial(config: dict) -> None:
             except Diverged as e:
                 logger.log_steps(pending)
                 _end_diverged(c, logger, run_id, trainer, str(e))
-                tune.report({"diverged": 1, "epoch": trainer.epoch + 1})
+                tune.report({"diverged": 1, "epoch": trainer.epoch + 1, "tracking_retries": c.retries})
                 return
             epoch = m["epoch"]
             pending.append((epoch, {k: v for k, v in m.items() if k not in ("epoch", "best_epoch")}))
@@ -177,7 +180,10 @@ def train_trial(config: dict) -> None:
             if epoch % cfg.ray.report_every == 0 or checkpoint_now:
                 logger.log_steps(pending)
                 pending.clear()
-                tune.report({**m, "diverged": 0}, checkpoint=_save_state(trainer) if checkpoint_now else None)
+                tune.report(
+                    {**m, "diverged": 0, "tracking_retries": c.retries},
+                    checkpoint=_save_state(trainer) if checkpoint_now else None,
+                )
             _maybe_fault(cfg, cell, epoch, trial_id, workdir)
         logger.log_steps(pending)
         trainer.restore_best()
@@ -191,7 +197,7 @@ def train_trial(config: dict) -> None:
         )
         _log_artifacts(c, run_id, trainer, ds, cfg, cell, config)
         c.set_terminated(run_id, "FINISHED")
-        tune.report({**final, "epoch": trainer.epoch, "diverged": 0, "done": 1})
+        tune.report({**final, "epoch": trainer.epoch, "diverged": 0, "done": 1, "tracking_retries": c.retries})
     except Exception as e:
         try:
             c.set_tag(run_id, layout.TAG_OUTCOME, "failed")

@@ -50,3 +50,54 @@ def reference_dir():
     if not p.is_dir():
         pytest.skip("../shared/reference is not beside this checkout")
     return p
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on loopback over a SQLite store in ``folder``; it can be stopped and
+    started again on the same port and store (a server restart)."""
+
+    def __init__(self, folder):
+        import socket
+
+        self.folder = folder
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 120) -> "MlflowServer":
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'srv.db'}",
+             "--artifacts-destination", str(self.folder / "srv-art"), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        end = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.uri + "/health", timeout=2)
+                return self
+            except OSError:
+                assert time.time() < end and self.proc.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path).start()
+    yield server
+    server.stop()

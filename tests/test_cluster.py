@@ -71,85 +71,45 @@ def test_study_runs_across_two_nodes(tmp_path):
     assert len(nodes) == 2  # both nodes trained trials
 
 
-def test_study_tracks_to_a_real_mlflow_server(tmp_path):
+def test_study_tracks_to_a_real_mlflow_server(tmp_path, mlflow_server):
     """--tracking-uri: a real `mlflow server` on loopback, artifacts proxied by it."""
-    import os
-    import signal
-    import socket
-    import time
-    import urllib.request
-
     from hybridlens.analysis.runs import find_study
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
+    uri = mlflow_server.uri
+    data = tmp_path / "d.h5"
+    write_dataset(data, simulate_task1(num_seqs=300, seed=4))
+    cfg = tmp_path / "srv.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "srv",
+                "task": "task1",
+                "data": {"path": str(data)},
+                "grid": {"architectures": ["C24"], "activations": ["relu", "exp"], "seeds": [0]},
+                "train": {"epochs": 2},
+            }
+        )
+    )
+    r = subprocess.run(
         [
             sys.executable,
             "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'srv.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "srv-art"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+            "hybridlens.study.cli",
+            "study",
+            str(cfg),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--tracking-uri",
+            uri,
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        end = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < end and server.poll() is None, "mlflow server did not start"
-                time.sleep(1)
-        data = tmp_path / "d.h5"
-        write_dataset(data, simulate_task1(num_seqs=300, seed=4))
-        cfg = tmp_path / "srv.yaml"
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "name": "srv",
-                    "task": "task1",
-                    "data": {"path": str(data)},
-                    "grid": {"architectures": ["C24"], "activations": ["relu", "exp"], "seeds": [0]},
-                    "train": {"epochs": 2},
-                }
-            )
-        )
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hybridlens.study.cli",
-                "study",
-                str(cfg),
-                "--workdir",
-                str(tmp_path / "work"),
-                "--tracking-uri",
-                uri,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert r.returncode == 0, r.stderr[-3000:]
-        sr = find_study(uri, "srv")
-        assert len(sr.children) == 2 and all(x.info.status == "FINISHED" for x in sr.children)
-        assert all({"tpr", "fpr", "test_auroc"} <= set(x.data.metrics) for x in sr.children)
-        c = mlruns.client(uri)
-        assert "model/weights.pt" in {a.path for a in c.list_artifacts(sr.children[0].info.run_id, "model")}
-        assert not (tmp_path / "work" / "mlflow.db").exists()  # nothing tracked locally
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sr = find_study(uri, "srv")
+    assert len(sr.children) == 2 and all(x.info.status == "FINISHED" for x in sr.children)
+    assert all({"tpr", "fpr", "test_auroc"} <= set(x.data.metrics) for x in sr.children)
+    c = mlruns.client(uri)
+    assert "model/weights.pt" in {a.path for a in c.list_artifacts(sr.children[0].info.run_id, "model")}
+    assert not (tmp_path / "work" / "mlflow.db").exists()  # nothing tracked locally
