@@ -42,7 +42,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from hybridlens.analysis.motifs import DEFAULT_NSITES, Motif, fetch_collection, read_meme, validate_pwm
+from hybridlens.analysis.motifs import ANALYSIS_RELEASE, DEFAULT_NSITES, Motif, fetch_collection, read_meme, validate_pwm
 
 BINS = 100
 DISTANCES = ("pearson", "ed")
@@ -479,7 +479,7 @@ class TomtomResult:
 
 def tomtom(
     queries: MotifsLike,
-    targets: MotifsLike = "JASPAR2020",
+    targets: MotifsLike = ANALYSIS_RELEASE,
     *,
     distance: str = "pearson",
     min_overlap: int = 1,
