@@ -7,7 +7,8 @@ validation metric.
 
 The whole dataset lives on the trial's device as tensors; batches are index slices of a per-epoch
 permutation. Inside the step loop nothing is copied to the host: the loss and the training logits are
-accumulated on the device and read once per epoch.
+accumulated on the device, AUROC/AUPR are computed there (``classification_metrics_torch``), and the
+epoch's numbers are read in one host sync per split.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridlens.analysis.classification import classification_metrics
+from hybridlens.analysis.classification import classification_metrics_torch
 from hybridlens.analysis.datasets import Dataset
 from hybridlens.analysis.tasks import TASKS
 
@@ -178,11 +179,13 @@ class Trainer:
             self.optimizer.step()
             total += loss.detach() * idx.numel()
             logits_all[idx] = logits.detach()
-        train_loss = float(total) / n  # the epoch's one host sync for the loss
+        # loss and metrics computed on the device, read in one host sync
+        train_loss, auroc, aupr = torch.cat(
+            [(total.double() / n).reshape(1), classification_metrics_torch(y, logits_all)]
+        ).tolist()
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss is {train_loss} at epoch {self.epoch + 1}")
-        m = classification_metrics(y.cpu().numpy(), logits_all.cpu().numpy())
-        return {"train_loss": train_loss, "train_auroc": m["auroc"], "train_aupr": m["aupr"]}
+        return {"train_loss": train_loss, "train_auroc": auroc, "train_aupr": aupr}
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -194,9 +197,10 @@ class Trainer:
         """Loss, AUROC and AUPR on ``split`` in eval mode."""
         x, y = self.data.splits[split]
         logits = self.predict(x)
-        loss = float(self.loss_fn(logits, y))
-        m = classification_metrics(y.cpu().numpy(), logits.cpu().numpy())
-        return {"loss": loss, "auroc": m["auroc"], "aupr": m["aupr"]}
+        loss, auroc, aupr = torch.cat(
+            [self.loss_fn(logits, y).double().reshape(1), classification_metrics_torch(y, logits)]
+        ).tolist()
+        return {"loss": loss, "auroc": auroc, "aupr": aupr}
 
     def _improved(self, value: float) -> bool:
         if self.best_value is None or not math.isfinite(self.best_value):
