@@ -135,6 +135,7 @@ class ResourcesSection(_Strict):
     cpu: float = Field(default=1, gt=0)
     gpu: float = Field(default=0, ge=0)  # fractions share a GPU between trials
     max_concurrent: Optional[int] = Field(default=None, ge=1)
+    models_per_trial: int = Field(default=1, ge=1)  # a trial trains a pack of this many cells of one architecture
 
 
 class RaySection(_Strict):
@@ -152,15 +153,25 @@ class AnalysisSection(_Strict):
 
 
 class Fault(_Strict):
-    """Fault injection, to exercise recovery: raise in the matching trials after ``epoch`` epochs,
-    ``once`` (a marker file in the study's workdir records it, so the retry goes on) or ``always``
-    (after every epoch from ``epoch`` on, so retries from a checkpoint fail too)."""
+    """Fault injection, to exercise recovery, in the matching cells. ``effect: error`` raises after
+    ``epoch`` epochs, ``once`` (a marker file in the study's workdir records it, so the retry goes on)
+    or ``always`` (after every epoch from ``epoch`` on, so retries from a checkpoint fail too).
+    ``effect: nan`` sets the cell's weights to NaN before epoch ``epoch``: its training loss is NaN
+    and it diverges (its pack-mates go on)."""
 
     architecture: str
     activation: Optional[str] = None
     seed: Optional[int] = None
     epoch: int = Field(default=1, ge=1)
     mode: Literal["once", "always"] = "once"
+    effect: Literal["error", "nan"] = "error"
+
+    def matches(self, cell: dict) -> bool:
+        return (
+            self.architecture == cell["architecture"]
+            and self.activation in (None, cell["activation"])
+            and self.seed in (None, cell["seed"])
+        )
 
 
 class StudyConfig(_Strict):
@@ -197,6 +208,16 @@ class StudyConfig(_Strict):
             for act in self.grid.activations
             for s in self.grid.seeds
         ]
+
+    def packs(self) -> list[list[dict]]:
+        """The Ray Tune trials: the cells of each architecture, in grid order, in packs of
+        ``resources.models_per_trial`` (the last pack of an architecture may be smaller)."""
+        size = self.resources.models_per_trial
+        out = []
+        for arch in self.grid.architecture_names():
+            cells = [c for c in self.cells() if c["architecture"] == arch]
+            out += [cells[i : i + size] for i in range(0, len(cells), size)]
+        return out
 
     def train_config(self, seed: int) -> TrainConfig:
         """The trainer's settings for one cell: the validated ``train`` section and the cell's seed."""

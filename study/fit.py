@@ -34,48 +34,46 @@ def _init_ray(cfg: StudyConfig, address: str | None) -> None:
         )
 
 
+def _pack_cells(trial) -> list[str]:
+    return [layout.cell_name(**cell) for cell in trial.config["packs"][trial.config["pack"]]]
+
+
 def _progress_callback(echo: Echo, total: int):
     from ray import tune
 
     class Progress(tune.Callback):
-        """One concise line per trial start, end or error, and a heartbeat every minute."""
+        """One concise line per trial start, one per grid cell that ends (a pack's cells end one by
+        one), one per trial error, and a heartbeat every minute."""
 
         def __init__(self):
-            self.done = self.errors = 0
+            self.ended: set[str] = set()
+            self.errors = 0
             self.last_beat = time.monotonic()
-            self.started: dict[str, float] = {}
-
-        def _name(self, trial) -> str:
-            return layout.cell_name(*(trial.config[k] for k in layout.CELL_KEYS))
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.started[trial.trial_id] = time.monotonic()
-            echo(f"  start   {self._name(trial)}")
+            echo(f"  start   {', '.join(_pack_cells(trial))}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            for name, what in result.get("events") or []:
+                if result.get("tracking_retries"):
+                    what += f"; MLflow logging retried {result['tracking_retries']} time(s)"
+                if name not in self.ended:  # a retried pack may end a cell again
+                    self.ended.add(name)
+                    echo(f"  [{len(self.ended)}/{total}] {name}: {what}")
             if time.monotonic() - self.last_beat > 60:
                 self.last_beat = time.monotonic()
                 running = sum(t.status == "RUNNING" for t in trials)
                 echo(
-                    f"  ... {self.done}/{total} done, {running} running, {self.errors} errors; {self._name(trial)} at epoch {result.get('epoch')}"
+                    f"  ... {len(self.ended)}/{total} done, {running} trials running, {self.errors} errors; "
+                    f"{_pack_cells(trial)[0]} at epoch {result.get('epoch')}"
                 )
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
-            r = trial.last_result or {}
-            secs = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
-            if r.get("diverged"):
-                what = f"diverged at epoch {r.get('epoch')}"
-            else:
-                what = f"{r.get('epochs_trained', r.get('epoch'))} epochs, best epoch {r.get('best_epoch')}, test AUROC {r.get('test_auroc', float('nan')):.3f} AUPR {r.get('test_aupr', float('nan')):.3f}"
-            if r.get("tracking_retries"):
-                what += f"; MLflow logging retried {r['tracking_retries']} time(s)"
-            echo(f"  [{self.done}/{total}] {self._name(trial)}: {what} ({secs:.0f} s)")
-
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
             self.errors += 1
-            echo(f"  [{self.done}/{total}] {self._name(trial)}: FAILED: {_last_error_line(trial)}")
+            for name in _pack_cells(trial):
+                if name not in self.ended:
+                    self.ended.add(name)
+                    echo(f"  [{len(self.ended)}/{total}] {name}: FAILED: {_last_error_line(trial)}")
 
     return Progress()
 
@@ -153,10 +151,10 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool) -> Launc
                 launch.experiment_path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=False
             )
         else:
+            packs = cfg.packs()
             param_space = {
-                "architecture": tune.grid_search(cfg.grid.architecture_names()),
-                "activation": tune.grid_search(list(cfg.grid.activations)),
-                "seed": tune.grid_search(list(cfg.grid.seeds)),
+                "pack": tune.grid_search(list(range(len(packs)))),
+                "packs": packs,
                 "study": cfg.model_dump(mode="json"),
                 "data_path": launch.data_path,
                 "workdir": launch.workdir,

@@ -16,7 +16,15 @@ from __future__ import annotations
 
 import time
 
-from hybridlens.analysis.mlflow_layout import TAG_CONFIG_HASH, TAG_KIND, TAG_OUTCOME, TAG_PARENT, TAG_STUDY, TAG_TRIAL
+from hybridlens.analysis.mlflow_layout import (
+    TAG_CONFIG_HASH,
+    TAG_KIND,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_RUN_NAME,
+    TAG_STUDY,
+    TAG_TRIAL,
+)
 from hybridlens.analysis.runs import child_runs, client
 
 #: How long a trial keeps re-sending a call to an unreachable tracking server before it fails (Ray
@@ -97,10 +105,14 @@ def create_parent_run(c, experiment_id: str, study: str, config_hash: str, run_n
     return run.info.run_id
 
 
-def find_trial_run(c, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
+def find_trial_run(c, experiment_id: str, parent_run_id: str, trial_id: str, cell: str) -> str | None:
+    """The child run of grid cell ``cell`` trained by Ray trial ``trial_id`` (a pack's trial holds
+    several cells), or None."""
     runs = c.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`{TAG_PARENT}` = '{parent_run_id}'",
+        filter_string=(
+            f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_RUN_NAME}` = '{cell}'"
+        ),
         max_results=2,
     )
     return runs[0].info.run_id if runs else None

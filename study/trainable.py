@@ -1,8 +1,18 @@
-"""The Ray Tune trainable: one grid cell, trained with the paper's recipe and tracked in its MLflow child run.
+"""The Ray Tune trainable: a pack of grid cells of one architecture (one cell when
+``resources.models_per_trial`` is 1), trained with the paper's recipe, each cell tracked in its own
+MLflow child run.
 
-The trial's ``config`` holds the cell (``architecture``, ``activation``, ``seed``), the resolved study
-config (``study``), the absolute dataset path (``data_path``) and where to track (``tracking``:
-``uri``, ``experiment_id``, ``parent_run_id``), plus the study's ``workdir`` (fault markers).
+The trial's ``config`` holds the study's packs (``packs``: lists of cells, each ``architecture``,
+``activation``, ``seed``) and this trial's index among them (``pack``: the grid-searched dimension),
+the resolved study config (``study``), the absolute dataset path (``data_path``), where to track
+(``tracking``: ``uri``, ``experiment_id``, ``parent_run_id``) and the study's ``workdir`` (fault
+markers).
+
+Each cell keeps everything a one-cell trial has: its child run (found again on a retry or resume by
+the trial id and the cell's name), its seed, plateau, early stopping and best-weight restore. A cell
+that ends (finished, or diverged) is closed in MLflow at once, before the checkpoint that records it
+as closed; its pack-mates go on. Reports carry one ``events`` line per cell that ended, which the
+driver prints.
 """
 
 from __future__ import annotations
@@ -57,28 +67,25 @@ class InjectedFault(RuntimeError):
 
 def _maybe_fault(cfg: StudyConfig, cell: dict, epoch: int, trial_id: str, workdir: Path) -> None:
     for f in cfg.faults:
-        if (
-            f.architecture != cell["architecture"]
-            or f.activation not in (None, cell["activation"])
-            or f.seed not in (None, cell["seed"])
-        ):
+        if f.effect != "error" or not f.matches(cell):
             continue
         if f.mode == "always" and epoch >= f.epoch:  # every attempt, also one resumed past f.epoch
             raise InjectedFault(f"injected fault (always) at epoch {epoch}")
         if f.epoch != epoch:
             continue
-        marker = workdir / "faults" / f"{trial_id}-epoch{epoch}"
+        marker = workdir / "faults" / f"{trial_id}-{layout.cell_name(**cell)}-epoch{epoch}"
         if not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
             raise InjectedFault(f"injected fault (once) at epoch {epoch}")
 
 
-def _open_child_run(c, trk: dict, trial_id: str, cfg: StudyConfig, cell: dict, dataset_hash: str) -> str:
-    """Find this trial's child run (a retry or resume) or create it; leave it RUNNING."""
-    run_id = tracking.find_trial_run(c, trk["experiment_id"], trk["parent_run_id"], trial_id)
+def _open_child_run(c, trk: dict, trial_id: str, cfg: StudyConfig, cell: dict, dataset_hash: str, *, reopen: bool = True) -> str:
+    """Find the cell's child run (a retry or resume) or create it; leave it RUNNING unless ``reopen``
+    is false (a cell the pack had closed before its checkpoint keeps its end status)."""
+    run_id = tracking.find_trial_run(c, trk["experiment_id"], trk["parent_run_id"], trial_id, layout.cell_name(**cell))
     if run_id is not None:
-        if c.get_run(run_id).info.status != "RUNNING":
+        if reopen and c.get_run(run_id).info.status != "RUNNING":
             c.update_run(run_id, status="RUNNING")
         return run_id
     import ray
@@ -102,11 +109,11 @@ def _open_child_run(c, trk: dict, trial_id: str, cfg: StudyConfig, cell: dict, d
     return run.info.run_id
 
 
-def _save_state(trainer) -> "object":
+def _save_state(pack, closed: list[bool]) -> "object":
     from ray import tune
 
     d = tempfile.mkdtemp(prefix="hybridlens-ckpt-")
-    torch.save(trainer.state_dict(), Path(d) / "trainer.pt")
+    torch.save({**pack.state_dict(), "closed": closed}, Path(d) / "pack.pt")
     return tune.Checkpoint.from_directory(d)
 
 
@@ -133,16 +140,60 @@ def _log_artifacts(c, run_id: str, trainer, ds, cfg: StudyConfig, cell: dict, co
         c.log_artifacts(run_id, str(d))
 
 
+class _Cell:
+    """One member of the trial's pack: its cell, child run and logger, and the steps not yet sent."""
+
+    def __init__(self, cell: dict, run_id: str, logger):
+        self.cell, self.run_id, self.logger = cell, run_id, logger
+        self.name = layout.cell_name(**cell)
+        self.pending: list[tuple[int, dict]] = []
+
+    def flush(self) -> None:
+        self.logger.log_steps(self.pending)
+        self.pending.clear()
+
+
+def _close(c, member, m, ds, cfg: StudyConfig, config: dict, elapsed: float) -> list[str]:
+    """Close an ended member's child run: final metrics, artifacts and FINISHED, or the divergence
+    and FAILED. Returns ``[cell name, the driver's line for it]``."""
+    import ray
+
+    trainer = member.trainer
+    m.flush()
+    if member.diverged:
+        _end_diverged(c, m.logger, m.run_id, trainer, member.diverged)
+        return [m.name, f"diverged at epoch {trainer.epoch + 1} ({elapsed:.0f} s)"]
+    trainer.restore_best()
+    final = {f"best_val_{k}": v for k, v in trainer.evaluate("valid").items()}
+    final |= {f"test_{k}": v for k, v in trainer.evaluate("test").items()}
+    final |= {"best_epoch": trainer.best_epoch, "epochs_trained": trainer.epoch}
+    m.logger.log(
+        final,
+        step=trainer.epoch,
+        tags={layout.TAG_OUTCOME: "finished", layout.TAG_NODE: ray.get_runtime_context().get_node_id()},
+    )
+    _log_artifacts(c, m.run_id, trainer, ds, cfg, m.cell, config)
+    c.set_terminated(m.run_id, "FINISHED")
+    return [
+        m.name,
+        f"{trainer.epoch} epochs, best epoch {trainer.best_epoch}, "
+        f"test AUROC {final['test_auroc']:.3f} AUPR {final['test_aupr']:.3f} ({elapsed:.0f} s)",
+    ]
+
+
 def train_trial(config: dict) -> None:
     """Ray Tune function trainable (see the module docstring for ``config``)."""
-    import ray
+    import time
+
     from ray import tune
 
     from hybridlens.models import build
-    from hybridlens.study.train import Diverged, Trainer, seed_everything
+    from hybridlens.study.pack import PackTrainer
+    from hybridlens.study.train import Trainer, seed_everything
 
+    start = time.monotonic()
     cfg = parse_config(config["study"], "study config")
-    cell = {k: config[k] for k in layout.CELL_KEYS}
+    cells = config["packs"][config["pack"]]
     trk = config["tracking"]
     workdir = Path(config["workdir"])
     trial_id = tune.get_context().get_trial_id()
@@ -153,56 +204,76 @@ def train_trial(config: dict) -> None:
         os.environ.setdefault(k, v)
     c = tracking.RetryingClient(mlruns.client(trk["uri"]))
     ds, data = _data(config["data_path"], device)
-    run_id = c.call(_open_child_run, c, trk, trial_id, cfg, cell, ds.content_hash)
-    logger = tracking.TrialLogger(c, run_id)
-    try:
+    pack = PackTrainer()
+    for cell in cells:
         seed_everything(cell["seed"])
-        model = build(
-            cell["architecture"], cfg.task, cell["activation"], seed=cell["seed"], **cfg.model.overrides(cell["architecture"])
-        )
-        trainer = Trainer(model, data, cfg.train_config(cell["seed"]))
-        ckpt = tune.get_checkpoint()
-        if ckpt is not None:
-            with ckpt.as_directory() as d:
-                trainer.load_state_dict(torch.load(Path(d) / "trainer.pt", weights_only=True, map_location=device))
-        pending: list[tuple[int, dict]] = []
-        while not trainer.done:
-            try:
-                m = trainer.step()
-            except Diverged as e:
-                logger.log_steps(pending)
-                _end_diverged(c, logger, run_id, trainer, str(e))
-                tune.report({"diverged": 1, "epoch": trainer.epoch + 1, "tracking_retries": c.retries})
-                return
-            epoch = m["epoch"]
-            pending.append((epoch, {k: v for k, v in m.items() if k not in ("epoch", "best_epoch")}))
-            checkpoint_now = epoch % cfg.ray.checkpoint_every == 0 or m["best_epoch"] == epoch or trainer.done
-            if epoch % cfg.ray.report_every == 0 or checkpoint_now:
-                logger.log_steps(pending)
-                pending.clear()
+        arch = cell["architecture"]
+        model = build(arch, cfg.task, cell["activation"], seed=cell["seed"], **cfg.model.overrides(arch))
+        pack.add(Trainer(model, data, cfg.train_config(cell["seed"])))
+    closed = [False] * len(cells)
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / "pack.pt", weights_only=True, map_location=device)
+        pack.load_state_dict(state)
+        closed = list(state["closed"])
+    members = []  # the runs of cells closed before the checkpoint stay as they ended
+    for cell, cl in zip(cells, closed):
+        run_id = c.call(_open_child_run, c, trk, trial_id, cfg, cell, ds.content_hash, reopen=not cl)
+        members.append(_Cell(cell, run_id, tracking.TrialLogger(c, run_id)))
+    try:
+        epoch = max(m.trainer.epoch for m in pack.members)
+        while True:
+            events = []
+            for i, (member, m) in enumerate(zip(pack.members, members)):
+                if not member.active and not closed[i]:  # ended: close its run before the checkpoint says so
+                    events.append(_close(c, member, m, ds, cfg, config, time.monotonic() - start))
+                    closed[i] = True
+            if pack.done:
                 tune.report(
-                    {**m, "diverged": 0, "tracking_retries": c.retries},
-                    checkpoint=_save_state(trainer) if checkpoint_now else None,
+                    {"epoch": epoch, "events": events, "done": 1, "tracking_retries": c.retries},
+                    checkpoint=_save_state(pack, closed) if events else None,
                 )
-            _maybe_fault(cfg, cell, epoch, trial_id, workdir)
-        logger.log_steps(pending)
-        trainer.restore_best()
-        final = {f"best_val_{k}": v for k, v in trainer.evaluate("valid").items()}
-        final |= {f"test_{k}": v for k, v in trainer.evaluate("test").items()}
-        final |= {"best_epoch": trainer.best_epoch, "epochs_trained": trainer.epoch}
-        logger.log(
-            final,
-            step=trainer.epoch,
-            tags={layout.TAG_OUTCOME: "finished", layout.TAG_NODE: ray.get_runtime_context().get_node_id()},
-        )
-        _log_artifacts(c, run_id, trainer, ds, cfg, cell, config)
-        c.set_terminated(run_id, "FINISHED")
-        tune.report({**final, "epoch": trainer.epoch, "diverged": 0, "done": 1, "tracking_retries": c.retries})
+                return
+            for member, m in zip(pack.members, members):
+                if member.active and any(f.effect == "nan" and f.epoch == epoch + 1 and f.matches(m.cell) for f in cfg.faults):
+                    with torch.no_grad():
+                        for p in member.trainer.model.parameters():
+                            p.fill_(float("nan"))
+            results = pack.step()
+            epoch += 1
+            best_now = False
+            for m, r in zip(members, results):
+                if isinstance(r, dict):
+                    m.pending.append((r["epoch"], {k: v for k, v in r.items() if k not in ("epoch", "best_epoch")}))
+                    best_now |= r["best_epoch"] == r["epoch"]
+            ended = any(not mb.active and not cl for mb, cl in zip(pack.members, closed))
+            checkpoint_now = epoch % cfg.ray.checkpoint_every == 0 or best_now or ended
+            if epoch % cfg.ray.report_every == 0 or checkpoint_now or ended:
+                for i, (member, m) in enumerate(zip(pack.members, members)):
+                    m.flush()
+                    if not member.active and not closed[i]:
+                        events.append(_close(c, member, m, ds, cfg, config, time.monotonic() - start))
+                        closed[i] = True
+                tune.report(
+                    {
+                        "epoch": epoch,
+                        "events": events,
+                        "active": sum(mb.active for mb in pack.members),
+                        "tracking_retries": c.retries,
+                    },
+                    checkpoint=_save_state(pack, closed) if checkpoint_now else None,
+                )
+            for member, m in zip(pack.members, members):
+                if member.active:
+                    _maybe_fault(cfg, m.cell, epoch, trial_id, workdir)
     except Exception as e:
         try:
-            c.set_tag(run_id, layout.TAG_OUTCOME, "failed")
-            c.set_tag(run_id, layout.TAG_ERROR, f"{type(e).__name__}: {e}"[:500])
-            c.set_terminated(run_id, "FAILED")
+            for m, cl in zip(members, closed):
+                if not cl:
+                    c.set_tag(m.run_id, layout.TAG_OUTCOME, "failed")
+                    c.set_tag(m.run_id, layout.TAG_ERROR, f"{type(e).__name__}: {e}"[:500])
+                    c.set_terminated(m.run_id, "FAILED")
         finally:
             raise
 

@@ -205,6 +205,44 @@ def test_fault_once_retried_from_checkpoint_and_always_failing_trial(tmp_path, d
     assert {by_name[n].info.status for n in ("C24-relu-s0", "C4C6-exp-s0")} == {"FINISHED"}
 
 
+def test_pack_member_diverges_pack_mates_finish_and_a_fault_retries_the_pack(tmp_path, data_file):
+    """One trial trains all four cells (models_per_trial 4): a member forced to NaN ends diverged while
+    its pack-mates finish; an error in another member fails the pack once, and the retry from the
+    pack's checkpoint leaves every cell one run with every step once."""
+    cfg = write_config(
+        tmp_path,
+        data_file,
+        name="packfaults",
+        grid={"architectures": ["C24"], "seeds": [0, 1]},
+        train={"epochs": 4},
+        resources={"models_per_trial": 4},
+        faults=[
+            {"architecture": "C24", "activation": "exp", "seed": 1, "epoch": 2, "effect": "nan"},
+            {"architecture": "C24", "activation": "relu", "seed": 0, "epoch": 3, "mode": "once"},
+        ],
+    )
+    lines = []
+    summary = run_study(cfg, workdir=tmp_path / "work", analyze=False, echo=lines.append)
+    assert summary.complete and summary.finished == 3 and summary.diverged == 1
+    starts = [ln for ln in lines if ln.startswith("  start   ")]
+    assert len(starts) == 2  # one trial holding the whole pack, started again for its retry
+    assert all(ln == "  start   C24-relu-s0, C24-relu-s1, C24-exp-s0, C24-exp-s1" for ln in starts)
+    c, launch, runs = runs_of(tmp_path / "work")
+    by_name = {r.data.tags["mlflow.runName"]: r for r in runs}
+    assert len(runs) == 4 and sorted(by_name) == ["C24-exp-s0", "C24-exp-s1", "C24-relu-s0", "C24-relu-s1"]
+    nan = by_name["C24-exp-s1"]
+    assert nan.info.status == "FAILED" and nan.data.tags[layout.TAG_OUTCOME] == "diverged"
+    assert nan.data.metrics["diverged_epoch"] == 2 and steps(c, nan.info.run_id) == [1]
+    assert len(list((tmp_path / "work" / "faults").glob("*-C24-relu-s0-epoch3"))) == 1  # the fault fired
+    for name in ("C24-exp-s0", "C24-relu-s0", "C24-relu-s1"):
+        run = by_name[name]
+        assert run.info.status == "FINISHED" and run.data.metrics["epochs_trained"] == 4
+        for key in ("val_loss", "train_loss", "lr"):
+            assert steps(c, run.info.run_id, key) == [1, 2, 3, 4]
+    assert {ln.split(":")[0].split("] ")[-1] for ln in lines if ln.startswith("  [")} == set(by_name)  # one line per cell
+    assert any("C24-exp-s1: diverged at epoch 2" in ln for ln in lines)
+
+
 def test_nan_diverging_trial_is_recorded_as_diverged(tmp_path, data_file):
     cfg = write_config(
         tmp_path, data_file, name="diverge", grid={"architectures": ["C24"], "activations": ["exp"]}, train={"lr": 1e4}
@@ -265,14 +303,14 @@ def _history(c, runs) -> dict[str, list[tuple[int, float]]]:
 EPOCHS = 30
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_kill_driver_then_resume(tmp_path, data_file, sig):
+@pytest.mark.parametrize("sig,pack", [(signal.SIGTERM, 1), (signal.SIGKILL, 1), (signal.SIGKILL, 2)])
+def test_kill_driver_then_resume(tmp_path, data_file, sig, pack):
     cfg = write_config(
         tmp_path,
         data_file,
         name="killme",
         train={"epochs": EPOCHS, "early_stopping_patience": None},
-        resources={"max_concurrent": 1},
+        resources={"max_concurrent": 1, "models_per_trial": pack},
         ray={"checkpoint_every": 2},
     )
     work = tmp_path / "work"
