@@ -18,7 +18,7 @@ from hybridlens.analysis.errors import UserError
 # MLflow draws a progress bar for every artifact download; the analysis prints its own progress.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from hybridlens.analysis.mlflow_layout import TAG_KIND, TAG_PARENT, TAG_STUDY
+from hybridlens.analysis.mlflow_layout import TAG_KIND, TAG_PARENT
 
 
 def sqlite_uri(workdir: Path) -> str:
@@ -81,10 +81,6 @@ class StudyRuns:
     experiment_id: str
     parent: object  # mlflow.entities.Run
     children: list
-
-    @property
-    def name(self) -> str:
-        return self.parent.data.tags.get(TAG_STUDY, "")
 
 
 def find_study(uri: str, study: str, parent_run_id: str | None = None) -> StudyRuns:
