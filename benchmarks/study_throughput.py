@@ -40,30 +40,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def one_model(arch: str, task: str, data: TensorData, epochs: int) -> float:
-    """Trial-epochs/s of the one-model Trainer (after one warm-up epoch)."""
-    tr = _trainer(arch, task, data, 0)
-    tr.step()
-    _sync(data.device)
+def _rate(step, device: torch.device, epochs: int, cells: int) -> float:
+    """Trial-epochs/s of ``step`` (one epoch of ``cells`` cells), after one warm-up epoch."""
+    step()
+    _sync(device)
     start = time.perf_counter()
     for _ in range(epochs):
-        tr.step()
-    _sync(data.device)
-    return epochs / (time.perf_counter() - start)
+        step()
+    _sync(device)
+    return cells * epochs / (time.perf_counter() - start)
+
+
+def one_model(arch: str, task: str, data: TensorData, epochs: int) -> float:
+    """Trial-epochs/s of the one-model Trainer."""
+    return _rate(_trainer(arch, task, data, 0).step, data.device, epochs, 1)
 
 
 def pack(arch: str, task: str, data: TensorData, epochs: int, size: int) -> float:
-    """Trial-epochs/s of a PackTrainer of ``size`` members (after one warm-up epoch)."""
+    """Trial-epochs/s of a PackTrainer of ``size`` members."""
     p = PackTrainer()
     for seed in range(size):
         p.add(_trainer(arch, task, data, seed))
-    p.step()
-    _sync(data.device)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        p.step()
-    _sync(data.device)
-    return size * epochs / (time.perf_counter() - start)
+    return _rate(p.step, data.device, epochs, size)
 
 
 def models(args) -> None:
