@@ -223,12 +223,19 @@ def train_trial(config: dict) -> None:
         members.append(_Cell(cell, run_id, tracking.TrialLogger(c, run_id)))
     try:
         epoch = max(m.trainer.epoch for m in pack.members)
-        while True:
+
+        def close_ended() -> list:
+            """Close the runs of members that ended and are not closed yet (before any checkpoint
+            records them as closed); their driver lines."""
             events = []
             for i, (member, m) in enumerate(zip(pack.members, members)):
-                if not member.active and not closed[i]:  # ended: close its run before the checkpoint says so
+                if not member.active and not closed[i]:
                     events.append(_close(c, member, m, ds, cfg, config, time.monotonic() - start))
                     closed[i] = True
+            return events
+
+        while True:
+            events = close_ended()
             if pack.done:
                 tune.report(
                     {"epoch": epoch, "events": events, "done": 1, "tracking_retries": c.retries},
@@ -249,12 +256,10 @@ def train_trial(config: dict) -> None:
                     best_now |= r["best_epoch"] == r["epoch"]
             ended = any(not mb.active and not cl for mb, cl in zip(pack.members, closed))
             checkpoint_now = epoch % cfg.ray.checkpoint_every == 0 or best_now or ended
-            if epoch % cfg.ray.report_every == 0 or checkpoint_now or ended:
-                for i, (member, m) in enumerate(zip(pack.members, members)):
+            if epoch % cfg.ray.report_every == 0 or checkpoint_now:
+                for m in members:
                     m.flush()
-                    if not member.active and not closed[i]:
-                        events.append(_close(c, member, m, ds, cfg, config, time.monotonic() - start))
-                        closed[i] = True
+                events += close_ended()
                 tune.report(
                     {
                         "epoch": epoch,
