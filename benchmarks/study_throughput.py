@@ -5,8 +5,8 @@ in one process on one device.
         [--archs C24-Att,C4C6-LSTM-Trans4,C4-Trans4] [--task2-arch C4C6-LSTM-Att] [--epochs 2]
     python benchmarks/study_throughput.py --study configs/quick.yaml [--models-per-trial 1,4]
 
-Model mode: (i) the one-model Trainer, as a trial ran before packs, then (ii) PackTrainer at each pack
-size, for each architecture (Task 1 shapes) and one Task 2 model, printing each one's ratio to (i).
+Model mode: (i) the one-model Trainer in eager mode, as a trial ran before packs and graphs, then the
+one-model Trainer with the CUDA-graph step, then (ii) PackTrainer (graph steps) at each pack size, for each architecture (Task 1 shapes) and one Task 2 model, printing each one's ratio to (i).
 Study mode: the wall time of a real ``hybridlens study CONFIG --no-analyze`` in a temporary workdir at
 each ``resources.models_per_trial``, and the ratio to the first.
 """
@@ -30,9 +30,10 @@ from hybridlens.study.simulate import simulate
 from hybridlens.study.train import TensorData, TrainConfig, Trainer, seed_everything
 
 
-def _trainer(arch: str, task: str, data: TensorData, seed: int) -> Trainer:
+def _trainer(arch: str, task: str, data: TensorData, seed: int, *, graph: bool = True) -> Trainer:
     seed_everything(seed)
-    return Trainer(build(arch, task, "exp" if seed % 2 else "relu", seed=seed), data, TrainConfig(epochs=10**6, seed=seed))
+    cfg = TrainConfig(epochs=10**6, seed=seed, cuda_graph=graph)
+    return Trainer(build(arch, task, "exp" if seed % 2 else "relu", seed=seed), data, cfg)
 
 
 def _sync(device: torch.device) -> None:
@@ -51,9 +52,9 @@ def _rate(step, device: torch.device, epochs: int, cells: int) -> float:
     return cells * epochs / (time.perf_counter() - start)
 
 
-def one_model(arch: str, task: str, data: TensorData, epochs: int) -> float:
-    """Trial-epochs/s of the one-model Trainer."""
-    return _rate(_trainer(arch, task, data, 0).step, data.device, epochs, 1)
+def one_model(arch: str, task: str, data: TensorData, epochs: int, *, graph: bool) -> float:
+    """Trial-epochs/s of the one-model Trainer, eager (as a trial ran before this work) or with the graph step."""
+    return _rate(_trainer(arch, task, data, 0, graph=graph).step, data.device, epochs, 1)
 
 
 def pack(arch: str, task: str, data: TensorData, epochs: int, size: int) -> float:
@@ -71,18 +72,22 @@ def models(args) -> None:
     print(f"device: {name}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
     rows = [(a, "task1") for a in args.archs.split(",")] + ([(args.task2_arch, "task2")] if args.task2_arch else [])
     datasets = {}
-    print(f"{'model':<22} {'task':<6} {'one-model':>10} " + " ".join(f"{'pack ' + str(s):>16}" for s in sizes))
+    print(f"{'model':<22} {'task':<6} {'eager':>10} {'graph':>16} " + " ".join(f"{'pack ' + str(s):>16}" for s in sizes))
     for arch, task in rows:
         if task not in datasets:
             n = args.num_seqs if task == "task1" else args.num_seqs - args.num_seqs % 2
             datasets[task] = TensorData(simulate(task, num_seqs=n), device)
-        base = one_model(arch, task, datasets[task], args.epochs)
-        cells = []
+        base = one_model(arch, task, datasets[task], args.epochs, graph=False)
+        graph = one_model(arch, task, datasets[task], args.epochs, graph=True)
+        cells = [f"{graph:8.2f} ({graph / base:4.2f}x)"]
         for s in sizes:
             rate = pack(arch, task, datasets[task], args.epochs, s)
             cells.append(f"{rate:8.2f} ({rate / base:4.2f}x)")
         print(f"{arch:<22} {task:<6} {base:10.2f} " + " ".join(f"{c:>16}" for c in cells), flush=True)
-    print("trial-epochs/s (one epoch of one cell, training + validation); (Nx) = ratio to the one-model trainer")
+    print(
+        "trial-epochs/s (one epoch of one cell, training + validation); eager = the one-model trainer without"
+        " the CUDA-graph step (a trial before issue 12); (Nx) = ratio to it. On a CPU every column is eager."
+    )
 
 
 def study(args) -> None:

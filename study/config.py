@@ -122,6 +122,7 @@ class TrainSection(_Strict):
     plateau_patience: int = Field(default=TrainConfig.plateau_patience, ge=0)
     min_lr: float = Field(default=TrainConfig.min_lr, ge=0)
     early_stopping_patience: Optional[int] = Field(default=TrainConfig.early_stopping_patience, ge=1)  # null: off
+    cuda_graph: bool = TrainConfig.cuda_graph  # false: eager steps on a GPU too
 
     @field_validator("monitor")
     @classmethod

@@ -6,8 +6,9 @@ ReduceLROnPlateau (factor 0.2, patience 4, min_lr 1e-7, min_delta 1e-4, cooldown
 validation metric.
 
 The whole dataset lives on the trial's device as tensors; batches are index slices of a per-epoch
-permutation. Inside the step loop nothing is copied to the host: the loss and the training logits are
-accumulated on the device, AUROC/AUPR are computed there (``classification_metrics_torch``), and the
+permutation. The step (forward, loss, backward, Adam) is :class:`~.train_step.TrainStep`: on a GPU one
+CUDA graph replay per batch (``train.cuda_graph``), on the CPU the plain eager loop. Inside the step
+loop nothing is copied to the host: the loss and the training logits are accumulated on the device, AUROC/AUPR are computed there (``classification_metrics_torch``), and the
 epoch's numbers are read in one host sync per split.
 """
 
@@ -26,6 +27,7 @@ from torch import nn
 from hybridlens.analysis.classification import classification_metrics_torch
 from hybridlens.analysis.datasets import Dataset
 from hybridlens.analysis.tasks import TASKS
+from hybridlens.study.train_step import TrainStep, make_adam, normalise_optimizer, set_lr
 
 MONITORS = ("val_auroc", "val_aupr", "val_loss")
 
@@ -44,6 +46,7 @@ class TrainConfig:
     min_lr: float = 1e-7
     plateau_min_delta: float = 1e-4
     early_stopping_patience: int | None = 10  # None: off
+    cuda_graph: bool = True  # replay the training step as a CUDA graph on a GPU (the CPU is always eager)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -136,7 +139,12 @@ class Trainer:
         self.model = model.to(data.device)
         self.data, self.config = data, config
         self.loss_fn = nn.BCEWithLogitsLoss()
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
+        # on a GPU the step is a CUDA graph: Adam keeps its state and its rate on the device
+        self.capturable = config.cuda_graph and data.device.type == "cuda"
+        self.optimizer = make_adam(
+            model.parameters(), lr=config.lr, eps=config.adam_eps, capturable=self.capturable, device=data.device
+        )
+        self._train_step: TrainStep | None = None  # built at the first epoch (after any load_state_dict)
         self.plateau = KerasPlateau(
             config.lr,
             mode=config.mode,
@@ -162,23 +170,26 @@ class Trainer:
     def done(self) -> bool:
         return self.stopped_early or self.epoch >= self.config.epochs
 
+    def train_step(self) -> TrainStep:
+        """The training step on this trainer's buffers (a CUDA graph on a GPU); see :mod:`.train_step`."""
+        if self._train_step is None:
+            x, y = self.data.splits["train"]
+            self._train_step = TrainStep(
+                self.model, self.loss_fn, self.optimizer, x, y, self.config.batch_size, graph=self.capturable
+            )
+        return self._train_step
+
     def _train_epoch(self) -> dict[str, float]:
         x, y = self.data.splits["train"]
         n = x.shape[0]
         bs = self.config.batch_size
         self.model.train()
         perm = torch.randperm(n, generator=self.generator).to(x.device)
-        total = torch.zeros((), device=x.device)
-        logits_all = torch.empty_like(y)
+        step = self.train_step()
+        step.begin_epoch()
         for start in range(0, n, bs):
-            idx = perm[start : start + bs]
-            logits = self.model(x[idx])
-            loss = self.loss_fn(logits, y[idx])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.detach() * idx.numel()
-            logits_all[idx] = logits.detach()
+            step(perm[start : start + bs])
+        total, logits_all = step.loss_sum, step.logits
         # loss and metrics computed on the device, read in one host sync
         train_loss, auroc, aupr = torch.cat(
             [(total.double() / n).reshape(1), classification_metrics_torch(y, logits_all)]
@@ -226,8 +237,7 @@ class Trainer:
             patience = self.config.early_stopping_patience
             if patience is not None and self.bad_epochs >= patience:
                 self.stopped_early = True
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.plateau.step(value)
+        set_lr(self.optimizer, self.plateau.step(value))
         metrics.update(epoch=self.epoch, lr=lr, best_epoch=self.best_epoch)
         return metrics
 
@@ -267,6 +277,8 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        normalise_optimizer(self.optimizer, capturable=self.capturable, device=self.data.device)
+        self._train_step = None  # a graph would hold the replaced optimizer state: capture again
         self.plateau.load_state_dict(state["plateau"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])

@@ -1,0 +1,105 @@
+"""The training step on fixed buffers: on the CPU it is the plain eager loop, bit for bit; the rate
+lives where the optimizer wants it; checkpoints cross between the CPU and the GPU forms."""
+
+import pytest
+import torch
+from torch import nn
+
+from hybridlens.models import build
+from hybridlens.study.simulate import simulate_task1
+from hybridlens.study.train import TensorData, TrainConfig, Trainer, seed_everything
+from hybridlens.study.train_step import TrainStep, make_adam, normalise_optimizer, set_lr
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return TensorData(simulate_task1(num_seqs=450, seed=4))
+
+
+def _plain_loop(model, x, y, perm, bs, lr, eps):
+    """The training loop as it was written before the step existed: advanced indexing, a fresh
+    zero_grad per batch, float learning rate."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, eps=eps)
+    loss_fn = nn.BCEWithLogitsLoss()
+    total, logits_all = torch.zeros(()), torch.empty_like(y)
+    model.train()
+    for start in range(0, x.shape[0], bs):
+        idx = perm[start : start + bs]
+        logits = model(x[idx])
+        loss = loss_fn(logits, y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach() * idx.numel()
+        logits_all[idx] = logits.detach()
+    return total, logits_all
+
+
+@pytest.mark.parametrize("name", ["C24", "C4C6-LSTM-Trans1"])
+def test_cpu_step_is_the_plain_loop_bit_for_bit(tiny, name):
+    """With a last batch of 15 (315 training rows, batch 100): weights, loss sum and logits identical."""
+    x, y = tiny.splits["train"]
+    assert x.shape[0] % 100 != 0
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(1))
+    seed_everything(3)
+    a = build(name, "task1", "exp", seed=3)
+    seed_everything(3)
+    total_a, logits_a = _plain_loop(a, x, y, perm, 100, 1e-3, 1e-7)
+
+    seed_everything(3)
+    b = build(name, "task1", "exp", seed=3)
+    seed_everything(3)
+    opt = make_adam(b.parameters(), lr=1e-3, eps=1e-7, capturable=False, device=torch.device("cpu"))
+    b.train()
+    step = TrainStep(b, nn.BCEWithLogitsLoss(), opt, x, y, 100, graph=True)  # graph is ignored on the CPU
+    step.begin_epoch()
+    for start in range(0, x.shape[0], 100):
+        step(perm[start : start + 100])
+    assert not step.uses_graph
+    assert torch.equal(step.loss_sum, total_a)
+    assert torch.equal(step.logits, logits_a)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+
+
+def test_set_lr_in_place_for_a_tensor_rate_and_by_value_for_a_float():
+    p = nn.Parameter(torch.zeros(3))
+    opt = torch.optim.Adam([p], lr=torch.tensor(1e-3), foreach=False)  # a tensor rate, as the capturable form
+    tensor = opt.param_groups[0]["lr"]
+    set_lr(opt, 2e-4)
+    assert opt.param_groups[0]["lr"] is tensor and float(tensor) == pytest.approx(2e-4)
+    opt = make_adam([p], lr=1e-3, eps=1e-7, capturable=False, device=torch.device("cpu"))
+    set_lr(opt, 4e-5)
+    assert opt.param_groups[0]["lr"] == 4e-5
+
+
+def test_a_gpu_form_checkpoint_resumes_on_the_cpu(tiny):
+    """A checkpoint whose optimizer has a tensor rate, ``capturable`` set and device-side steps (what
+    the GPU trainer writes) loads into a CPU trainer as the CPU form, and training goes on."""
+    seed_everything(0)
+    tr = Trainer(build("C24", "task1", "relu", seed=0), tiny, TrainConfig(epochs=3, seed=0))
+    tr.step()
+    state = tr.state_dict()
+    for g in state["optimizer"]["param_groups"]:
+        g["lr"], g["capturable"] = torch.tensor(g["lr"]), True
+    for s in state["optimizer"]["state"].values():
+        s["step"] = s["step"].to(torch.float32)
+    seed_everything(0)
+    again = Trainer(build("C24", "task1", "relu", seed=0), tiny, TrainConfig(epochs=3, seed=0))
+    again.load_state_dict(state)
+    group = again.optimizer.param_groups[0]
+    assert group["capturable"] is False and isinstance(group["lr"], float)
+    assert again.lr == pytest.approx(1e-3)
+    m = again.step()
+    assert m["epoch"] == 2 and m["train_loss"] == m["train_loss"]
+
+
+def test_normalise_to_the_capturable_form_puts_rate_and_steps_on_the_device():
+    p = nn.Parameter(torch.zeros(3))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    p.grad = torch.ones(3)
+    opt.step()
+    normalise_optimizer(opt, capturable=True, device=torch.device("cpu"))
+    g = opt.param_groups[0]
+    assert g["capturable"] is True and isinstance(g["lr"], torch.Tensor) and float(g["lr"]) == pytest.approx(1e-3)
+    assert opt.state[p]["step"].dtype == torch.float32 and float(opt.state[p]["step"]) == 1
