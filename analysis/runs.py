@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,27 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from hybridlens.analysis.mlflow_layout import TAG_KIND, TAG_PARENT
 
+#: Characters that a URL parser reads as syntax (query, escape, fragment) when they appear in a path.
+_URL_SYNTAX = set("?%#")
+
 
 def sqlite_uri(workdir: Path) -> str:
-    return f"sqlite:///{(Path(workdir) / 'mlflow.db').resolve()}"
+    """The SQLite store URI of ``workdir`` (its ``mlflow.db``), for any legal path.
+
+    A plain path is written as is. A path with ``?``, ``%`` or ``#`` is percent-encoded whole, slashes
+    included: SQLAlchemy decodes the database path, so the store lands inside ``workdir``; MLflow's
+    own "create the store's parent folder" step reads the URI undecoded, and with encoded slashes
+    it sees ``/`` as that folder instead of creating a stray encoded twin of the workdir.
+    """
+    path = str((Path(workdir) / "mlflow.db").resolve())
+    if not _URL_SYNTAX & set(path):
+        return f"sqlite:///{path}"
+    return "sqlite:////" + urllib.parse.quote(path.lstrip("/"), safe="")
+
+
+def sqlite_path(uri: str) -> Path:
+    """The database file of a ``sqlite:///`` URI (percent-decoded, as SQLAlchemy reads it)."""
+    return Path(urllib.parse.unquote(uri.removeprefix("sqlite:///")))
 
 
 def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
@@ -37,7 +56,7 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
             reason = getattr(e, "reason", e)
             raise UserError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix --tracking-uri") from None
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
+        folder = sqlite_path(uri).parent
         if not folder.is_dir():
             raise UserError(f"tracking URI {uri}: folder {folder} does not exist")
     elif uri.startswith("file:") or "://" not in uri:
@@ -46,6 +65,38 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
         )
     else:
         raise UserError(f"tracking URI {uri!r}: use sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
+
+
+#: SQLite's messages for a store that cannot be written, and what to tell the user.
+_STORE_PROBLEMS = {
+    "readonly database": "is read-only",
+    "database or disk is full": "is on a full disk",
+    "unable to open database file": "cannot be opened",
+}
+
+
+def store_problem(e: BaseException, uri: str) -> UserError | None:
+    """A one-line :class:`UserError` for an exception that says the SQLite store cannot be written
+    (read-only, disk full, not openable), or None for any other exception."""
+    if not uri.startswith("sqlite:"):
+        return None
+    text = " ".join(str(x) for x in (e, e.__cause__, e.__context__) if x is not None)
+    for needle, what in _STORE_PROBLEMS.items():
+        if needle in text:
+            return UserError(
+                f"the MLflow store {sqlite_path(uri)} {what}; free space or fix its permissions, or pass another --workdir"
+            )
+    return None
+
+
+def check_writable(uri: str) -> None:
+    """Fail with one line when a SQLite store (or the folder it would be created in) is not writable."""
+    if not uri.startswith("sqlite:"):
+        return
+    db = sqlite_path(uri)
+    target = db if db.exists() else db.parent
+    if not os.access(target, os.W_OK):
+        raise UserError(f"the MLflow store {db} is read-only; fix its permissions or pass another --workdir")
 
 
 def client(uri: str):

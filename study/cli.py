@@ -118,6 +118,7 @@ def study_cmd(
     no_analyze: bool = typer.Option(
         False, "--no-analyze", help="Skip the analysis at the end (run it later with 'hybridlens analyze')."
     ),
+    yes: bool = typer.Option(False, "--yes", help="Launch a grid of more than 10,000 cells."),
 ) -> None:
     """Run a grid study: data (if missing), the Ray Tune grid, MLflow tracking, then the analysis."""
     from hybridlens.study.runner import run_study
@@ -130,9 +131,17 @@ def study_cmd(
         storage_path=storage_path,
         smoke_test=smoke_test,
         analyze=not no_analyze,
+        yes=yes,
         echo=echo,
     )
-    if not summary.complete:
+    _exit(summary)
+
+
+def _exit(summary) -> None:
+    """Exit 130 after a stop signal, 3 when cells are unfinished or failed, else 0."""
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    if not summary.ok:
         raise typer.Exit(3)
 
 
@@ -141,12 +150,14 @@ def resume_cmd(
     workdir: Path = typer.Argument(..., help="The interrupted study's working directory."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name, when the workdir holds several."),
     no_analyze: bool = typer.Option(False, "--no-analyze", help="Skip the analysis at the end."),
+    no_retry_failed: bool = typer.Option(
+        False, "--no-retry-failed", help="Leave failed trials as they are (by default they run again from their checkpoints)."
+    ),
 ) -> None:
-    """Resume an interrupted study: only unfinished trials run, from their checkpoints."""
+    """Resume an interrupted study: unfinished and failed trials run again, from their checkpoints."""
     from hybridlens.study.runner import resume_study
 
-    if not resume_study(workdir, study, analyze=not no_analyze, echo=echo).complete:
-        raise typer.Exit(3)
+    _exit(resume_study(workdir, study, analyze=not no_analyze, retry_failed=not no_retry_failed, echo=echo))
 
 
 @app.command("reconcile")
@@ -223,25 +234,50 @@ def ui_cmd(
     port: int = typer.Option(5000, "--port"),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 127.0.0.1 keeps the UI on this machine."),
 ) -> None:
-    """Start the MLflow UI on the workdir's store."""
+    """Start the MLflow UI on the workdir's store and print the URL of each study's runs."""
     import os
 
+    from hybridlens.analysis.mlflow_layout import runs_url
     from hybridlens.analysis.runs import sqlite_uri
+    from hybridlens.study.launches import launched_studies
 
     db = workdir / "mlflow.db"
     if not db.is_file():
         raise UserError(f"{db} does not exist; run a study with --workdir {workdir} first")
     uri = sqlite_uri(workdir)
-    echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl+C stops it")
+    base = f"http://{host}:{port}"
+    echo(f"MLflow UI on {base} (store {uri}); Ctrl+C stops it")
+    for launch in launched_studies(workdir):
+        echo(f"  study {launch.name}: {runs_url(base, launch.experiment_id)}")
     # the mlflow of this interpreter, whether or not its venv's bin/ is on PATH
     args = ["-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     os.execv(sys.executable, [sys.executable, *args])
+
+
+def _interrupted() -> None:
+    import os
+
+    sys.stderr.flush()
+    os.write(2, b"hybridlens: interrupted\n")  # straight to the descriptor: stderr may be mid-write
+    sys.exit(130)
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: run the app and turn user errors into one line and an exit code."""
     try:
         rv = app(args=argv, prog_name="hybridlens", standalone_mode=False)
+        if rv == 130:  # typer turns Ctrl+C into Exit(130), returned as a code without standalone mode
+            _interrupted()
         if isinstance(rv, int) and rv:  # typer.Exit(code) returns its code without standalone mode
             sys.exit(rv)
     except typer.Exit as e:
@@ -256,11 +292,14 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"hybridlens: error: {e.format_message()}", file=sys.stderr)
         sys.exit(e.exit_code or 1)
     except (typer.Abort, KeyboardInterrupt):
-        print("hybridlens: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except UserError as e:  # input the user can fix: one line; anything else is a bug and keeps its traceback
         print(f"hybridlens: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        if _caused_by_interrupt(e):  # Ctrl+C inside compiled code (numba, torch) arrives wrapped
+            _interrupted()
+        raise
 
 
 if __name__ == "__main__":

@@ -158,13 +158,16 @@ class Fault(_Strict):
     ``epoch`` epochs, ``once`` (a marker file in the study's workdir records it, so the retry goes on)
     or ``always`` (after every epoch from ``epoch`` on, so retries from a checkpoint fail too).
     ``effect: nan`` sets the cell's weights to NaN before epoch ``epoch``: its training loss is NaN
-    and it diverges (its pack-mates go on)."""
+    and it diverges (its pack-mates go on). ``times: N`` with ``once``: the first N attempts that
+    reach epoch ``epoch`` fail (one marker file each; a retry resumed past it fails after its next
+    epoch), the next one goes on."""
 
     architecture: str
     activation: Optional[str] = None
     seed: Optional[int] = None
     epoch: int = Field(default=1, ge=1)
     mode: Literal["once", "always"] = "once"
+    times: int = Field(default=1, ge=1)
     effect: Literal["error", "nan"] = "error"
 
     def matches(self, cell: dict) -> bool:
@@ -219,6 +222,15 @@ class StudyConfig(_Strict):
             cells = [c for c in self.cells() if c["architecture"] == arch]
             out += [cells[i : i + size] for i in range(0, len(cells), size)]
         return out
+
+    def num_cells(self) -> int:
+        """``len(self.cells())``, without building them (pre-flight on a huge grid)."""
+        return len(self.grid.architecture_names()) * len(self.grid.activations) * len(self.grid.seeds)
+
+    def num_packs(self) -> int:
+        """``len(self.packs())``, without building them."""
+        per_arch = len(self.grid.activations) * len(self.grid.seeds)
+        return len(self.grid.architecture_names()) * -(-per_arch // self.resources.models_per_trial)
 
     def train_config(self, seed: int) -> TrainConfig:
         """The trainer's settings for one cell: the validated ``train`` section and the cell's seed."""

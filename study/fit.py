@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 from hybridlens.analysis import mlflow_layout as layout
+from hybridlens.analysis.errors import UserError
+from hybridlens.study import tracking
 from hybridlens.study.config import StudyConfig
-from hybridlens.study.launches import Echo, Launch, LaunchSummary, close_launch, pid_path
+from hybridlens.study.launches import Echo, Launch, LaunchSummary, close_launch
 from hybridlens.study.trainable import train_trial
 
 # Ray Tune's legacy reporter honours verbose=0 (the new one prints a header box and footer regardless);
@@ -126,29 +128,49 @@ class _quiet_ray_tune:
             lg.setLevel(lvl)
 
 
-class _SigtermAsSigint:
-    """Ray Tune stops gracefully on SIGINT (saving the experiment state); give SIGTERM the same path."""
+class _Signals:
+    """Around ``Tuner.fit``: SIGTERM takes Ray Tune's graceful SIGINT path (the experiment state is
+    saved), and both handlers are put back afterwards. Ray Tune installs its own SIGINT handler during
+    ``fit`` and leaves it installed when no signal came; left there, it would swallow the first Ctrl+C
+    of the analysis that follows. :attr:`interrupted` says whether a stop signal came during ``fit``."""
 
-    def __enter__(self):
-        self.prev = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    def __enter__(self) -> "_Signals":
+        self.term = False
+        self.prev_int = signal.getsignal(signal.SIGINT)
+        self.prev_term = signal.getsignal(signal.SIGTERM)
 
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self.prev)
+        def on_term(*_):
+            self.term = True
+            signal.raise_signal(signal.SIGINT)
+
+        def on_int(*_):  # what Ray Tune puts back after it took a first SIGINT: a second one stops at once
+            raise KeyboardInterrupt
+
+        self.on_int = on_int
+        signal.signal(signal.SIGINT, on_int)
+        signal.signal(signal.SIGTERM, on_term)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Ray Tune restores the handler it found (ours) once it has taken a SIGINT
+        self.interrupted = self.term or signal.getsignal(signal.SIGINT) is self.on_int
+        signal.signal(signal.SIGINT, self.prev_int)
+        signal.signal(signal.SIGTERM, self.prev_term)
 
 
-def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool) -> LaunchSummary:
-    """Run (or, with ``restore``, resume) the launch's grid; close the books whatever happens."""
+def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_failed: bool = True) -> LaunchSummary:
+    """Run (or, with ``restore``, resume) the launch's grid; close the books whatever happens. A resume
+    retries the trials that failed (from their last checkpoint, in their own child runs) unless
+    ``retry_failed`` is false."""
     from ray import tune
 
-    pid_file = pid_path(Path(launch.workdir), cfg.name)
-    pid_file.write_text(str(os.getpid()))
+    signals = _Signals()
     try:
         _init_ray(cfg, launch.ray_address)
         total = len(cfg.cells())
         if restore:
             tuner = tune.Tuner.restore(
-                launch.experiment_path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=False
+                launch.experiment_path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=retry_failed
             )
         else:
             packs = cfg.packs()
@@ -170,15 +192,19 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool) -> Launc
                 tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent, reuse_actors=True),
                 run_config=_run_config(cfg, launch, echo, total),
             )
-        with _SigtermAsSigint(), _quiet_ray_tune():
+        with signals, _quiet_ray_tune():
             tuner.fit()
     finally:
-        summary = close_launch(launch, cfg, echo)
-        pid_file.unlink(missing_ok=True)
-    state = (
-        "complete" if summary.complete else f"interrupted: resume with 'hybridlens resume {launch.workdir} --study {cfg.name}'"
-    )
-    echo(
-        f"study {cfg.name} {state}: {summary.finished} finished, {summary.failed} failed ({summary.diverged} diverged), {summary.killed} killed"
-    )
+        try:
+            summary = close_launch(launch, cfg, echo)
+        except Exception as e:
+            if not tracking.unreachable(e):
+                raise
+            raise UserError(
+                f"study {cfg.name} stopped and its runs could not be closed: the tracking server {launch.tracking_uri} is "
+                f"unreachable; when it is back, finish the study with 'hybridlens resume {launch.workdir} --study {cfg.name}' "
+                f"(or mark its runs with 'hybridlens reconcile --workdir {launch.workdir} --study {cfg.name}')"
+            ) from None
+    summary.interrupted = getattr(signals, "interrupted", False)
+    echo(summary.last_line())
     return summary

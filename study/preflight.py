@@ -56,6 +56,29 @@ def check_resources(cfg: StudyConfig, ray_address: str | None, *, smoke_test: bo
     return cfg
 
 
+#: A grid with more cells than this is refused unless the user confirms it (``--yes``): a typo such as
+#: ``seeds: 100000`` would otherwise launch millions of trials without a word.
+MAX_CELLS_UNCONFIRMED = 10_000
+
+
+def check_grid_size(cfg: StudyConfig, *, yes: bool, echo: Echo) -> None:
+    """Print the grid's size for every launch; refuse one above :data:`MAX_CELLS_UNCONFIRMED` cells
+    unless ``yes``."""
+    g = cfg.grid
+    n_arch, n_act, n_seeds = len(g.architecture_names()), len(g.activations), len(g.seeds)
+    cells, trials, per = cfg.num_cells(), cfg.num_packs(), cfg.resources.models_per_trial
+    echo(
+        f"study {cfg.name}: {cells:,} grid cells ({n_arch} architectures x {n_act} activations x {n_seeds:,} seeds)"
+        + (f" in {trials:,} trials of up to {per} models" if per > 1 else "")
+        + f", {cfg.train.epochs} epochs max"
+    )
+    if cells > MAX_CELLS_UNCONFIRMED and not yes:
+        raise UserError(
+            f"the grid has {cells:,} cells (more than {MAX_CELLS_UNCONFIRMED:,}); check grid.seeds and grid.architectures, "
+            "or pass --yes to launch it"
+        )
+
+
 def default_data_path(cfg: StudyConfig, workdir: Path) -> Path:
     spec = TASKS[cfg.task]
     n = cfg.data.num_seqs or spec.num_seqs
@@ -66,9 +89,7 @@ def default_data_path(cfg: StudyConfig, workdir: Path) -> Path:
 
 
 def check_data_path(cfg: StudyConfig) -> Path | None:
-    """The config's explicit dataset path, checked (exists, right task); None when generated."""
-    from hybridlens.analysis.datasets import load_dataset
-
+    """The config's explicit dataset path, checked (:func:`check_dataset`); None when generated."""
     if not cfg.data.path:
         return None
     path = Path(cfg.data.path).expanduser().resolve()
@@ -76,11 +97,53 @@ def check_data_path(cfg: StudyConfig) -> Path | None:
         raise UserError(
             f"dataset {path} (data.path) does not exist; generate it with 'hybridlens data {cfg.task} --out {path}' or drop data.path"
         )
-    n_out = load_dataset(path, splits=()).num_outputs
-    expected = TASKS[cfg.task].num_outputs
-    if n_out != expected:
-        raise UserError(f"dataset {path} has {n_out} labels but {cfg.task} expects {expected}")
+    check_dataset(cfg, path)
     return path
+
+
+#: Rows read at a time by the dataset scan (a 25,000-sequence Task 1 file is 80 MB; memory stays flat).
+SCAN_ROWS = 8192
+
+
+def check_dataset(cfg: StudyConfig, path: Path) -> None:
+    """Everything about the dataset that would make every trial fail, found before Ray starts: the
+    layout (``load_dataset``'s checks), non-empty splits, a sequence length and a label width that
+    the config's models take, and finite values in every chunk (read in slices of
+    :data:`SCAN_ROWS` rows, so unreadable chunks of a damaged file show up here too)."""
+    import h5py
+    import numpy as np
+
+    from hybridlens.analysis.datasets import SPLITS, load_dataset
+    from hybridlens.models import resolve_sizes
+
+    ds = load_dataset(path, splits=())  # keys, ranks, split agreement
+    expected = TASKS[cfg.task].num_outputs
+    if ds.num_outputs != expected:
+        raise UserError(f"dataset {path} has {ds.num_outputs} labels but {cfg.task} expects {expected}")
+    length = ds.train.x.shape[2]
+    for arch in cfg.grid.architecture_names():
+        want = resolve_sizes(cfg.task, **cfg.model.overrides(arch)).seq_len
+        if length != want:
+            raise UserError(
+                f"dataset {path} has sequences of length {length} but the models take {want} "
+                f"(architecture {arch}); use a {cfg.task} dataset of length {want} or set model.seq_len"
+            )
+    with h5py.File(path, "r") as f:
+        for split in SPLITS:
+            for key in (f"X_{split}", f"Y_{split}"):
+                d = f[key]
+                if d.shape[0] == 0:
+                    raise UserError(f"dataset {path}: split {split!r} is empty ({key} has 0 rows); every split needs sequences")
+                for start in range(0, d.shape[0], SCAN_ROWS):
+                    try:
+                        chunk = np.asarray(d[start : start + SCAN_ROWS])
+                    except (OSError, ValueError) as e:
+                        raise UserError(
+                            f"dataset {path}: {key} rows {start}-{start + SCAN_ROWS} cannot be read ({e}); regenerate the file"
+                        ) from None
+                    if not np.isfinite(chunk).all():
+                        row = start + int(np.argwhere(~np.isfinite(chunk))[0][0])
+                        raise UserError(f"dataset {path}: {key} has a non-finite value (NaN or inf) in row {row}")
 
 
 def ensure_dataset(cfg: StudyConfig, workdir: Path, echo: Echo) -> Path:
@@ -109,4 +172,13 @@ def ensure_dataset(cfg: StudyConfig, workdir: Path, echo: Echo) -> Path:
             echo(f"  {done:,}/{total:,} sequences")
 
     write_dataset(path, simulate(cfg.task, progress=progress, **kwargs))
+    return path
+
+
+def prepare_dataset(cfg: StudyConfig, workdir: Path, explicit: Path | None, echo: Echo) -> Path:
+    """The study's dataset: the checked explicit path, or the generated file (made when missing) checked."""
+    if explicit is not None:
+        return explicit
+    path = ensure_dataset(cfg, workdir, echo)
+    check_dataset(cfg, path)
     return path

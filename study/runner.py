@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,12 +26,13 @@ from hybridlens.study.launches import (
     Echo,
     Launch,
     LaunchSummary,
-    check_not_running,
+    StudyLock,
     load_launch,
     resolved_config_path,
     state_path,
+    store_init_lock,
 )
-from hybridlens.study.preflight import check_data_path, check_ray_address, check_resources, ensure_dataset
+from hybridlens.study.preflight import check_data_path, check_grid_size, check_ray_address, check_resources, prepare_dataset
 
 
 def _sha256(path: Path) -> str:
@@ -46,12 +48,15 @@ def run_study(
     storage_path: str | Path | None = None,
     smoke_test: bool = False,
     analyze: bool = True,
+    yes: bool = False,
     echo: Echo = print,
 ) -> LaunchSummary:
-    """Run a study end to end (then its analysis, unless ``analyze=False``)."""
+    """Run a study end to end (then its analysis, unless ``analyze=False``). ``yes`` confirms a grid
+    above :data:`~hybridlens.study.preflight.MAX_CELLS_UNCONFIRMED` cells."""
     cfg = load_config(config_path)
     if smoke_test:
         cfg = cfg.smoke()
+    check_grid_size(cfg, yes=yes, echo=echo)
     cfg = check_resources(cfg, ray_address, smoke_test=smoke_test, echo=echo)
     workdir = Path(workdir).expanduser().resolve()
     if not workdir.parent.is_dir():
@@ -62,14 +67,34 @@ def run_study(
     if ray_address:
         check_ray_address(ray_address)
     explicit_data = check_data_path(cfg)
+    if workdir.exists() and not os.access(workdir, os.W_OK):
+        raise UserError(f"workdir {workdir} is read-only; fix its permissions or pass another --workdir")
     workdir.mkdir(exist_ok=True)
     (workdir / "studies").mkdir(exist_ok=True)
-    check_not_running(workdir, cfg.name)
-    data_path = explicit_data or ensure_dataset(cfg, workdir, echo)
+    with StudyLock(workdir, cfg.name):  # one launch of a study at a time, before MLflow and Ray
+        data_path = prepare_dataset(cfg, workdir, explicit_data, echo)
+        mlruns.check_writable(uri)
+        try:
+            launch = _new_launch(cfg, config_path, workdir, uri, storage_path, data_path, ray_address, smoke_test, echo)
+        except Exception as e:
+            problem = mlruns.store_problem(e, uri)
+            if problem is None:
+                raise
+            raise problem from None
+        return _analyze(fit(launch, cfg, echo, restore=False), cfg, analyze, echo)
 
-    c = mlruns.client(uri)
-    artifact_root = (workdir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    experiment_id = tracking.get_or_create_experiment(c, cfg.name, artifact_root)
+
+def _new_launch(
+    cfg, config_path, workdir: Path, uri: str, storage_path, data_path: Path, ray_address, smoke_test, echo
+) -> Launch:
+    """Create the study's experiment and parent run, and record the launch in ``studies/``."""
+    if uri.startswith("sqlite:"):
+        with store_init_lock(workdir):
+            c = mlruns.client(uri)
+            experiment_id = tracking.get_or_create_experiment(c, cfg.name, (workdir / "mlartifacts").as_uri())
+    else:
+        c = mlruns.client(uri)
+        experiment_id = tracking.get_or_create_experiment(c, cfg.name, None)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     parent = tracking.create_parent_run(c, experiment_id, cfg.name, cfg.config_hash(), run_name=f"{cfg.name}-{stamp}")
     launch = Launch(
@@ -91,25 +116,35 @@ def run_study(
     resolved_config_path(workdir, cfg.name).write_text(resolved_yaml)
     c.log_text(parent, resolved_yaml, "config/study.yaml")
     _log_study_params(c, parent, cfg, data_path)
-    cells = cfg.cells()
-    echo(
-        f"study {cfg.name}: {len(cells)} trials ({len(cfg.grid.architecture_names())} architectures x {len(cfg.grid.activations)} activations x {len(cfg.grid.seeds)} seeds), {cfg.train.epochs} epochs max"
-    )
     echo(f"  tracking {uri} (experiment {experiment_id}, parent run {parent})")
-    return _analyze(fit(launch, cfg, echo, restore=False), cfg, analyze, echo)
+    return launch
+
+
+def _ranges(values: list[int]) -> str:
+    """Integers as comma-separated runs, ``[0, 1, 2, 5]`` -> ``"0-2,5"``: a long seed list stays one
+    short, lossless MLflow param."""
+    out: list[str] = []
+    for v in values:
+        if out and "-" not in out[-1][1:] and int(out[-1]) + 1 == v:
+            out[-1] = f"{out[-1]}-{v}"
+        elif out and "-" in out[-1][1:] and int(out[-1].rsplit("-", 1)[1]) + 1 == v:
+            out[-1] = f"{out[-1].rsplit('-', 1)[0]}-{v}"
+        else:
+            out.append(str(v))
+    return ",".join(out)
 
 
 def _log_study_params(c, parent: str, cfg: StudyConfig, data_path: Path) -> None:
     from mlflow.entities import Param
 
-    from hybridlens.analysis.datasets import load_dataset
+    from hybridlens.analysis.datasets import load_dataset, split_sizes
 
     ds = load_dataset(data_path, splits=())
     params = {
         "task": cfg.task,
         "architectures": ",".join(cfg.grid.architecture_names()),
         "activations": ",".join(cfg.grid.activations),
-        "seeds": ",".join(map(str, cfg.grid.seeds)),
+        "seeds": _ranges(cfg.grid.seeds),
         "epochs": cfg.train.epochs,
         "monitor": cfg.train.monitor,
         "top_k": cfg.analysis.top_k,
@@ -120,12 +155,13 @@ def _log_study_params(c, parent: str, cfg: StudyConfig, data_path: Path) -> None
     }
     c.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
     c.set_tag(parent, layout.TAG_DATASET_HASH, ds.content_hash)
+    c.log_inputs(parent, [tracking.dataset_input(data_path, ds.content_hash, split_sizes(data_path))])
 
 
 def _analyze(summary: LaunchSummary, cfg: StudyConfig, analyze: bool, echo: Echo) -> LaunchSummary:
     """Run the analysis on the launch's finished runs (tables and figures in WORKDIR/analysis/NAME).
     An analysis that cannot run (no finished run, say) is reported, not raised: the study stands."""
-    if not analyze:
+    if not analyze or summary.interrupted:
         return summary
     from hybridlens.analysis.report import analyze_study
 
@@ -160,19 +196,21 @@ def recorded_config(launch: Launch, echo: Echo = print) -> StudyConfig:
     return cfg
 
 
-def resume_study(workdir: str | Path, study: str | None = None, *, analyze: bool = True, echo: Echo = print) -> LaunchSummary:
+def resume_study(
+    workdir: str | Path, study: str | None = None, *, analyze: bool = True, retry_failed: bool = True, echo: Echo = print
+) -> LaunchSummary:
     """Resume the latest launch of a study with ``Tuner.restore``, with the config it was launched
-    with: unfinished trials continue from their checkpoints in their own child runs; finished trials
-    are not rerun."""
+    with: unfinished trials continue from their checkpoints in their own child runs, and so do failed
+    trials unless ``retry_failed`` is false; finished trials are not rerun."""
     launch = load_launch(workdir, study)
     cfg = recorded_config(launch, echo)
-    check_not_running(Path(launch.workdir), cfg.name)
-    mlruns.check_tracking_uri(launch.tracking_uri)
-    if launch.ray_address:
-        check_ray_address(launch.ray_address)
-    if not Path(launch.experiment_path, "tuner.pkl").is_file():
-        raise UserError(f"no Ray Tune state at {launch.experiment_path}; the study cannot be resumed (start it again)")
-    c = mlruns.client(launch.tracking_uri)
-    c.update_run(launch.parent_run_id, status="RUNNING")
-    echo(f"resuming study {cfg.name} from {launch.experiment_path}")
-    return _analyze(fit(launch, cfg, echo, restore=True), cfg, analyze, echo)
+    with StudyLock(Path(launch.workdir), cfg.name):
+        mlruns.check_tracking_uri(launch.tracking_uri)
+        if launch.ray_address:
+            check_ray_address(launch.ray_address)
+        if not Path(launch.experiment_path, "tuner.pkl").is_file():
+            raise UserError(f"no Ray Tune state at {launch.experiment_path}; the study cannot be resumed (start it again)")
+        c = mlruns.client(launch.tracking_uri)
+        c.update_run(launch.parent_run_id, status="RUNNING")
+        echo(f"resuming study {cfg.name} from {launch.experiment_path}")
+        return _analyze(fit(launch, cfg, echo, restore=True, retry_failed=retry_failed), cfg, analyze, echo)

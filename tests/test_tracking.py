@@ -125,3 +125,44 @@ def test_study_survives_a_tracking_server_restart(tmp_path, mlflow_server):
         first = pd.read_csv(work / "analysis" / "restart" / f"{table}.csv")
         again = pd.read_csv(tmp_path / "again" / f"{table}.csv")
         pd.testing.assert_frame_equal(first, again)
+
+
+@pytest.mark.slow
+def test_an_outage_longer_than_the_retry_budget_ends_in_one_line_and_resume_finishes(tmp_path, mlflow_server):
+    """The server goes away for longer than the trials' retry budget (4 s here): the trials fail, the
+    driver cannot close the books and says so in one line (exit 2, no traceback); once the server is
+    back, ``resume`` retries the failed trials and every cell ends with one run and every step once."""
+    import os
+
+    epochs = 6
+    cfg = _config(
+        tmp_path,
+        "outage",
+        train={"epochs": epochs},
+        resources={"max_concurrent": 1},
+        ray={"max_failures": 0, "checkpoint_every": 1},
+    )
+    work = tmp_path / "work"
+    env = {**os.environ, "HYBRIDLENS_TRACKING_RETRY_S": "4", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    proc = _study(cfg, "--workdir", str(work), "--tracking-uri", mlflow_server.uri, "--no-analyze", env=env)
+    c = mlruns.client(mlflow_server.uri)
+    end = time.time() + 300
+    while True:  # wait until the first trial has logged two epochs
+        exp = c.get_experiment_by_name("outage")
+        runs = c.search_runs([exp.experiment_id], filter_string="tags.`hybridlens.kind` = 'trial'") if exp else []
+        if any(len(c.get_metric_history(r.info.run_id, "val_loss")) >= 2 for r in runs):
+            break
+        assert time.time() < end and proc.poll() is None, "the study did not start logging"
+        time.sleep(0.3)
+    mlflow_server.stop()
+    out = proc.communicate(timeout=600)[0]
+    mlflow_server.start()
+    assert proc.returncode == 2, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("hybridlens: error: study outage stopped and its runs could not be closed: the tracking server"), last
+    assert f"'hybridlens resume {work} --study outage'" in last
+    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "resume", str(work), "--no-analyze"],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_every_step_once(mlflow_server.uri, "outage", epochs=epochs, n_runs=2)
