@@ -139,6 +139,14 @@ def _decode_attr(val: Any) -> Any:
     return val
 
 
+def split_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Sequences per split of a dataset file, from the shapes alone."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {s: int(f[f"X_{s}"].shape[0]) for s in SPLITS}
+
+
 def load_dataset(
     path: str | os.PathLike,
     *,

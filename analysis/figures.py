@@ -57,23 +57,25 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
 
     rows = [b for b in BASELINES if any(GRID[a].baseline == b for a in summary["architecture"])]
     fig, axes = plt.subplots(len(rows), len(metrics), figsize=(3.2 * len(metrics), 3.0 * len(rows)), squeeze=False)
+    legend: dict[str, object] = {}  # one legend per figure: architecture -> its marker
     for r, base in enumerate(rows):
         sub = summary[summary["architecture"].str.split("-").str[0] == base]
         for c, m in enumerate(metrics):
             ax = axes[r][c]
-            vals = []
+            extent = []  # every point with its error bar
             for arch, g in sub.groupby("architecture", sort=False):
                 by = g.set_index("activation")
                 if "relu" not in by.index or "exp" not in by.index:
                     continue
                 x, y = by.loc["relu", f"{m}_mean"], by.loc["exp", f"{m}_mean"]
-                ax.errorbar(
-                    x, y, xerr=by.loc["relu", f"{m}_std"], yerr=by.loc["exp", f"{m}_std"], fmt="o", ms=5, capsize=2, label=arch
-                )
-                vals += [x, y]
-            finite = [v for v in vals if np.isfinite(v)]
+                xe, ye = by.loc["relu", f"{m}_std"], by.loc["exp", f"{m}_std"]
+                h = ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", ms=5, capsize=2, label=arch)
+                legend.setdefault(arch, h)
+                xe, ye = (v if np.isfinite(v) else 0.0 for v in (xe, ye))
+                extent += [x - xe, x + xe, y - ye, y + ye]
+            finite = [v for v in extent if np.isfinite(v)]
             lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
-            pad = 0.05 * (hi - lo or 1.0)
+            pad = 0.08 * (hi - lo or 1.0)
             ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8)
             ax.set_xlim(lo - pad, hi + pad)
             ax.set_ylim(lo - pad, hi + pad)
@@ -82,23 +84,41 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
             ax.tick_params(labelsize=7)
             if c == 0:
                 ax.set_title(base, fontsize=9, loc="left")
-            if c == len(metrics) - 1 and vals:
-                ax.legend(fontsize=6, loc="best")
+    if legend:
+        fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _finish(fig, stem, title, 10)
+
+
+def filter_title(match: dict, nsites: int | None) -> str:
+    """A filter logo's title: its best ground-truth hit, else its best JASPAR hit marked "JASPAR only",
+    else "no hit"; then the number of windows it was aligned from, marked below ``MIN_WINDOWS``.
+    ``match`` is a row of ``FilterMatches.per_filter``."""
+    from hybridlens.analysis.filters import MIN_WINDOWS
+
+    if match.get("gt_match"):
+        what = match["gt_match"]
+    elif match.get("best_hit"):
+        what = f"{match.get('best_hit_name') or match['best_hit']} (JASPAR only)"
+    else:
+        what = "no hit"
+    title = f"{match['filter']}: {what}"
+    if nsites is not None:
+        title += f"\n{nsites} windows" + (f" (< {MIN_WINDOWS}: unreliable)" if nsites < MIN_WINDOWS else "")
+    return title
 
 
 def filter_logos(
     pwms: Sequence[np.ndarray], labels: Sequence[str], stem: str | Path, *, title: str = "", ncols: int = 4
 ) -> list[Path]:
     """Information-content logos (logomaker) of filter PPMs ``(4, L)``, each titled with its label
-    (e.g. its TomTom match)."""
+    (:func:`filter_title`); the y axis spans the full 2 bits."""
     import logomaker
 
     plt = _plt()
     stem = Path(stem)
     n = len(pwms)
     nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 1.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 1.7 * nrows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.axis("off")
@@ -109,7 +129,11 @@ def filter_logos(
         heights[heights < 0.01] = 0.0  # invisible at this scale; logomaker's glyphs are the slow part
         df = pd.DataFrame(heights, columns=list("ACGT"))
         logomaker.Logo(df, ax=ax, color_scheme="classic")
-        ax.set_ylim(0, 2)
+        ax.set_ylim(0, 2.05)  # a glyph drawn to exactly 2 bits is not clipped by the axes
+        ax.set_yticks([0, 1, 2])
+        ax.set_ylabel("bits", fontsize=6)
+        for spine in ("top", "right"):  # a full-height letter would run into the frame
+            ax.spines[spine].set_visible(False)
         ax.set_title(labels[i], fontsize=7)
         ax.set_xticks([])
         ax.tick_params(labelsize=6)

@@ -14,6 +14,10 @@ import torch
 
 from hybridlens.analysis.motifs import Motif, information_content
 
+#: A filter aligned from fewer windows than this is marked on its logo: its PPM is a handful of
+#: sequences, not a motif estimate.
+MIN_WINDOWS = 10
+
 
 @torch.no_grad()
 def first_layer_activations(model: torch.nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 500) -> np.ndarray:
@@ -28,7 +32,9 @@ def first_layer_activations(model: torch.nn.Module, x: np.ndarray | torch.Tensor
     return torch.cat(out).numpy()
 
 
-def align_filters(fmap: np.ndarray, x: np.ndarray, *, window: int = 20, threshold: float = 0.5) -> np.ndarray:
+def align_filters(
+    fmap: np.ndarray, x: np.ndarray, *, window: int = 20, threshold: float = 0.5, return_counts: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Activation-based PPMs of every filter.
 
     Parameters
@@ -42,11 +48,14 @@ def align_filters(fmap: np.ndarray, x: np.ndarray, *, window: int = 20, threshol
         ``p - window/2 > 0`` and ``p + window/2 < L`` (the reference's strict test).
     threshold : float
         Fraction of the filter's maximum activation a position must exceed.
+    return_counts : bool
+        Also return the number of windows each PPM averages.
 
     Returns
     -------
     numpy.ndarray
-        ``(F, 4, window)`` PPMs; a filter with no qualifying window gets uniform 0.25.
+        ``(F, 4, window)`` PPMs; a filter with no qualifying window gets uniform 0.25. With
+        ``return_counts``, also ``(F,)`` window counts.
     """
     n, f, length = fmap.shape
     if x.shape != (n, 4, length):
@@ -54,14 +63,16 @@ def align_filters(fmap: np.ndarray, x: np.ndarray, *, window: int = 20, threshol
     half = window // 2
     windows = np.lib.stride_tricks.sliding_window_view(np.asarray(x, dtype=np.float64), window, axis=2)  # (N,4,L-w+1,w)
     ppms = np.full((f, 4, window), 0.25)
+    counts = np.zeros(f, dtype=np.int64)
     for k in range(f):
         fm = fmap[:, k, :]
         seq, pos = np.nonzero(fm > threshold * fm.max())
         keep = (pos - half > 0) & (pos + half < length)
         seq, pos = seq[keep], pos[keep]
+        counts[k] = seq.size
         if seq.size:
             ppms[k] = windows[seq, :, pos - half, :].mean(axis=0)
-    return ppms
+    return (ppms, counts) if return_counts else ppms
 
 
 def clip_filters(ppms: np.ndarray, *, threshold: float = 0.5, pad: int = 3) -> list[np.ndarray]:
@@ -85,6 +96,7 @@ def clip_filters(ppms: np.ndarray, *, threshold: float = 0.5, pad: int = 3) -> l
 
 
 def filter_motifs(model: torch.nn.Module, x: np.ndarray, *, window: int = 20, threshold: float = 0.5) -> list[Motif]:
-    """Aligned and clipped PPMs of every first-layer filter as motifs named ``filter0``, ``filter1``, ..."""
-    ppms = align_filters(first_layer_activations(model, x), x, window=window, threshold=threshold)
-    return [Motif(f"filter{i}", f"filter{i}", p) for i, p in enumerate(clip_filters(ppms))]
+    """Aligned and clipped PPMs of every first-layer filter as motifs named ``filter0``, ``filter1``, ...,
+    each with ``nsites`` = the number of windows it was aligned from (written to MEME files)."""
+    ppms, counts = align_filters(first_layer_activations(model, x), x, window=window, threshold=threshold, return_counts=True)
+    return [Motif(f"filter{i}", f"filter{i}", p, int(n)) for i, (p, n) in enumerate(zip(clip_filters(ppms), counts))]

@@ -4,6 +4,9 @@ them (SPEC.md "MLflow layout"): tag names, outcomes and run names, defined once.
 - One experiment per study name; one parent run per launch (``TAG_KIND = "parent"``), created by the
   driver; one child run per grid cell (``TAG_KIND = "trial"``), tagged ``mlflow.parentRunId``, the
   Ray trial id, the config hash, the dataset hash and the node, named by :func:`cell_name`.
+- The experiment is tagged as model training (``TAG_EXPERIMENT_KIND``), so MLflow 3's UI opens it on
+  its runs rather than on the GenAI overview. Every run records the study's dataset as an MLflow
+  dataset input (name: the file's stem, digest: the start of our content hash, source: the file).
 - Statuses: FINISHED; FAILED on an exception (``TAG_OUTCOME = "failed"``, ``TAG_ERROR`` the cause) or a
   divergence (``"diverged"``); KILLED for runs stopped by a signal (``"killed"``).
 """
@@ -20,6 +23,12 @@ TAG_ERROR = "hybridlens.error"  # the exception or divergence that ended a run
 TAG_NODE = "hybridlens.node_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+#: MLflow 3 records an experiment's kind in this tag; its UI (``ExperimentKind`` in MLflow's web app)
+#: shows "custom_model_development" as "Model training" and opens such an experiment on its runs.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+#: MLflow keeps at most 36 characters of a dataset digest; the full hash is the TAG_DATASET_HASH tag.
+DATASET_DIGEST_CHARS = 36
 
 
 def cell_name(architecture: str, activation: str, seed) -> str:
@@ -29,3 +38,12 @@ def cell_name(architecture: str, activation: str, seed) -> str:
 
 #: The params that identify a grid cell (the search space's dimensions).
 CELL_KEYS = ("architecture", "activation", "seed")
+
+
+def runs_url(ui: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs, in the UI's "Model training" mode.
+
+    MLflow 3.17's web app keeps a global GenAI / Model-training switch (browser storage, GenAI in a
+    fresh browser) that decides where a click on an experiment lands, whatever the experiment's kind
+    tag says; the ``workflowType`` parameter sets the switch, and ``/runs`` is the runs tab."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

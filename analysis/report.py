@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hybridlens.analysis import runs as mlruns
+from hybridlens.analysis.atomic import atomic_dir
 from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.motifs import ANALYSIS_RELEASE
 from hybridlens.analysis.selection import Selection, run_label, select_best
@@ -72,8 +73,12 @@ def load_model(uri: str, run, device: str = "cpu"):
         )
         if k in p
     }
-    model = build(p["architecture"], p["task"], p["activation"], **sizes)
-    model.load_state_dict(torch.load(path, weights_only=True, map_location=device))
+    try:
+        model = build(p["architecture"], p["task"], p["activation"], **sizes)
+        model.load_state_dict(torch.load(path, weights_only=True, map_location=device))
+    except Exception as e:  # truncated, tampered or mismatched: torch raises several types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise RunError(f"model/weights.pt cannot be loaded ({type(e).__name__}: {first})") from None
     return model.to(device).eval()
 
 
@@ -167,7 +172,6 @@ def analyze_run(run, shared: _Shared, tmp: Path) -> tuple[dict[str, float], Path
     best run of a configuration, ``(label, filter motifs, FilterMatches)`` for the logo grid.
     Raises :class:`RunError` when the run cannot be analysed."""
     from hybridlens.analysis.motif_match import comparison_database
-    from hybridlens.analysis.motifs import write_meme
     from hybridlens.analysis.saliency import grad_times_input, saliency_metrics, summarize
 
     ds = shared.data.get(shared.uri, run)
@@ -181,7 +185,7 @@ def analyze_run(run, shared: _Shared, tmp: Path) -> tuple[dict[str, float], Path
         motifs, fm, sig = _filters(model, ds, shared.database, shared.gt)
         folder = tmp / run.info.run_id
         folder.mkdir()
-        write_meme(motifs, folder / "filters.meme")
+        # the filters themselves are the run's filters/filters.meme, written by the trial (same weights, same data)
         sig.to_csv(folder / "tomtom.tsv", sep="\t", index=False)
         pd.DataFrame(fm.per_filter).to_csv(folder / "filter_matches.tsv", sep="\t", index=False)
         if shared.spec.interpretation == "filters":
@@ -209,13 +213,13 @@ def write_tables(tables: dict[str, pd.DataFrame], out: Path, caption: str) -> li
 
 def draw_figures(summary: pd.DataFrame, best_filters: dict, spec: TaskSpec, out: Path, title: str, echo: Echo) -> list[Path]:
     """The exp-vs-relu scatter figure and a filter-logo grid of the best run of each configuration."""
-    from hybridlens.analysis.figures import filter_logos_many, scatter_exp_vs_relu
+    from hybridlens.analysis.figures import filter_logos_many, filter_title, scatter_exp_vs_relu
 
     files = scatter_exp_vs_relu(summary, spec.figure_metrics, out / spec.figure, title=title)
     jobs = [
         (
             [m.pwm for m in motifs],
-            [f"{r['filter']}: {r['gt_match'] or r['best_hit_name'] or r['best_hit'] or '-'}" for r in fm.per_filter],
+            [filter_title(r, m.nsites) for r, m in zip(fm.per_filter, motifs)],
             out / f"logos_{arch}_{act}",
             f"{label} (best {arch} {act})",
         )
@@ -283,7 +287,7 @@ def analyze_study(
     if not sel.usable:
         raise UserError(f"study {study!r} has no finished {spec.name} run to analyse ({len(skipped)} skipped)")
     echo(
-        f"analysing {len(sel.usable)} {spec.name} runs of study {study!r} (best {sel.top_k} per configuration, ranked on {sel.rank_key}; ground truth: {ground_truth})"
+        f"analysing {len(sel.usable)} {spec.name} runs of study {study!r} ({sel.best_of()} per configuration, ranked on {sel.rank_key}; ground truth: {ground_truth})"
     )
     c = mlruns.client(uri)
     shared = _Shared(
@@ -329,15 +333,15 @@ def analyze_study(
         per_run = _grid_order(pd.DataFrame(rows))
         metrics_list = CLASS_METRICS + list(spec.interp_metrics)
         summary = aggregate(per_run[per_run["selected"]], metrics_list)
+        summary["finished"] = [sel.available.get(k, 0) for k in zip(summary["architecture"], summary["activation"])]
         paired = paired_exp_vs_relu(per_run, metrics_list)
         out = Path(out_dir) if out_dir else tmp / "out"
-        out.mkdir(parents=True, exist_ok=True)
         caption = (
-            f"Study {study}, {spec.name}: best {sel.top_k} per configuration ranked on {sel.rank_key}; "
+            f"Study {study}, {spec.name}: {sel.best_of()} finished runs per configuration (top_k {sel.top_k}) ranked on {sel.rank_key}; "
             f"ground truth: {ground_truth}" + ("" if spec.interpretation == "filters" else " (filter labels only)") + "."
         )
-        files = write_tables({"per_run": per_run, "summary": summary, "paired_exp_vs_relu": paired}, out, caption)
-        files += draw_figures(summary, best_filters, spec, out, f"{study}: exp vs relu (best {sel.top_k})", echo)
+        if skipped:
+            caption += f" Skipped {len(skipped)} run(s): " + "; ".join(f"{label} ({why})" for label, why in skipped) + "."
         meta = {
             "study": study,
             "task": spec.name,
@@ -349,10 +353,19 @@ def analyze_study(
             "runs_analysed": len(rows),
             "skipped": skipped,
         }
-        (out / "analysis.json").write_text(json.dumps(meta, indent=2))
-        files.append(out / "analysis.json")
+        # all or nothing: tables, figures and analysis.json are written to a fresh folder that then
+        # replaces the old one; the parent run gets them only after that
+        with atomic_dir(out) as staging:
+            written = write_tables({"per_run": per_run, "summary": summary, "paired_exp_vs_relu": paired}, staging, caption)
+            written += draw_figures(
+                summary, best_filters, spec, staging, f"{study}: exp vs relu ({sel.best_of()} per configuration)", echo
+            )
+            (staging / "analysis.json").write_text(json.dumps(meta, indent=2))
+            written.append(staging / "analysis.json")
+        files = [out / f.relative_to(staging) for f in written]
         publish(c, sr.parent.info.run_id, files)
         echo(
             f"analysis of {study!r}: {len(rows)} runs in {time.perf_counter() - t0:.0f} s; tables and figures in {out if out_dir else 'the parent run'}"
+            + (f"; {len(skipped)} run(s) skipped (listed in the tables' caption)" if skipped else "")
         )
         return AnalysisResult(study, spec.name, out, per_run, summary, paired, files if out_dir else [], skipped)

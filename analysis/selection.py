@@ -20,6 +20,20 @@ class Selection:
     chosen: dict[tuple[str, str], list] = field(default_factory=dict)  # (architecture, activation) -> runs, best first
     skipped: list[tuple[object, str]] = field(default_factory=list)  # (run, reason)
     usable: list = field(default_factory=list)  # every finished run (for paired tests over seeds)
+    available: dict[tuple[str, str], int] = field(default_factory=dict)  # (architecture, activation) -> finished runs
+
+    def best_of(self) -> str:
+        """``"best k of n"`` with the real numbers: k kept of n finished runs per configuration, as
+        ranges where configurations differ (``"best 2-3 of 2-10"``)."""
+
+        def span(values: set[int]) -> str:
+            lo, hi = min(values), max(values)
+            return str(lo) if lo == hi else f"{lo}-{hi}"
+
+        if not self.chosen:
+            return f"best {self.top_k}"
+        kept = {len(rs) for rs in self.chosen.values()}
+        return f"best {span(kept)} of {span(set(self.available.values()))}"
 
     @property
     def rank_key(self) -> str:
@@ -62,4 +76,5 @@ def select_best(runs: list, *, task: str | None = None, top_k: int | None = None
     for key, rs in sorted(groups.items()):
         rs.sort(key=lambda r: (-r.data.metrics[sel.rank_key], int(r.data.params.get("seed", 0))))
         sel.chosen[key] = rs[: sel.top_k]
+        sel.available[key] = len(rs)
     return sel

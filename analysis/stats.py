@@ -17,10 +17,16 @@ def aggregate(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return out[cols].reset_index()
 
 
+#: The fewest seed pairs for which the paired test is reported (with 2 pairs the smallest two-sided
+#: Wilcoxon p-value is 0.5 and d_z is the ratio of two numbers from one difference).
+MIN_PAIRS = 3
+
+
 def paired_exp_vs_relu(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Per architecture and metric: runs paired by seed, ``d = exp - relu``; Wilcoxon signed-rank
-    p-value (two-sided; NaN with fewer than 2 pairs or all-zero differences), mean difference and
-    Cohen's d_z = mean(d) / sd(d)."""
+    """Per architecture and metric: runs paired by seed, ``d = exp - relu``; mean difference, Cohen's
+    d_z = mean(d) / sd(d) and the Wilcoxon signed-rank p-value (two-sided), reported only with at least
+    :data:`MIN_PAIRS` pairs. ``note`` says why a value is missing: too few pairs, or a difference that
+    is the same for every pair (d_z undefined; no test when it is zero)."""
     from scipy.stats import wilcoxon
 
     rows = []
@@ -30,18 +36,26 @@ def paired_exp_vs_relu(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFram
             if (m, "exp") not in wide or (m, "relu") not in wide:
                 continue
             d = (wide[(m, "exp")] - wide[(m, "relu")]).dropna().to_numpy()
-            p = np.nan
-            if d.size >= 2 and np.any(d != 0):
+            p = dz = np.nan
+            if d.size < MIN_PAIRS:
+                note = f"too few pairs ({d.size} < {MIN_PAIRS})"
+            elif np.all(d == d[0]):
+                note = f"constant difference ({d[0]:+.4g} for every pair)"
+                if d[0] != 0:
+                    p = float(wilcoxon(d).pvalue)
+            else:
+                note = ""
                 p = float(wilcoxon(d).pvalue)
-            sd = d.std(ddof=1) if d.size >= 2 else np.nan
+                dz = float(d.mean() / d.std(ddof=1))
             rows.append(
                 {
                     "architecture": arch,
                     "metric": m,
                     "pairs": int(d.size),
                     "mean_diff_exp_minus_relu": float(d.mean()) if d.size else np.nan,
-                    "cohens_dz": float(d.mean() / sd) if d.size >= 2 and sd > 0 else np.nan,
+                    "cohens_dz": dz,
                     "wilcoxon_p": p,
+                    "note": note,
                 }
             )
     return pd.DataFrame(rows)
@@ -52,7 +66,7 @@ def to_markdown(df: pd.DataFrame, digits: int = 3, caption: str | None = None) -
 
     def fmt(v):
         if isinstance(v, float):
-            return "nan" if np.isnan(v) else f"{v:.{digits}f}"
+            return "–" if np.isnan(v) else f"{v:.{digits}f}"  # missing values are explained in a note column
         return str(v)
 
     cols = list(df.columns)

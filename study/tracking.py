@@ -14,10 +14,15 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 from hybridlens.analysis.mlflow_layout import (
+    DATASET_DIGEST_CHARS,
+    EXPERIMENT_KIND_TRAINING,
     TAG_CONFIG_HASH,
+    TAG_EXPERIMENT_KIND,
     TAG_KIND,
     TAG_OUTCOME,
     TAG_PARENT,
@@ -28,8 +33,9 @@ from hybridlens.analysis.mlflow_layout import (
 from hybridlens.analysis.runs import child_runs, client
 
 #: How long a trial keeps re-sending a call to an unreachable tracking server before it fails (Ray
-#: then retries the trial from its checkpoint, and no step already logged is sent twice).
-RETRY_BUDGET_S = 300.0
+#: then retries the trial from its checkpoint, and no step already logged is sent twice); the
+#: environment variable HYBRIDLENS_TRACKING_RETRY_S sets another budget (trial processes inherit it).
+RETRY_BUDGET_S = float(os.environ.get("HYBRIDLENS_TRACKING_RETRY_S", "300"))
 #: MLflow's own retries, shortened in trial processes (unless set by the user) so that a failure
 #: surfaces in seconds and :class:`RetryingClient` can say that it retries; MLflow's defaults retry
 #: silently for about four minutes.
@@ -88,12 +94,34 @@ class RetryingClient:
 
 
 def get_or_create_experiment(c, name: str, artifact_location: str | None = None) -> str:
+    """The study's experiment (restored if deleted, created if missing), tagged as model training."""
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND_TRAINING:
+            c.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
         return exp.experiment_id
-    return c.create_experiment(name, artifact_location=artifact_location)
+    return c.create_experiment(name, artifact_location=artifact_location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
+
+
+def dataset_input(path: str | Path, content_hash: str, sizes: dict[str, int], context: str = "training"):
+    """The study's dataset as an MLflow dataset input: name = the file's stem, digest = the start of our
+    content hash, source = the file (MLflow's ``local`` source), profile = the split sizes."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    path = Path(path)
+    ds = Dataset(
+        name=path.stem,
+        digest=content_hash[:DATASET_DIGEST_CHARS],
+        source_type="local",
+        source=json.dumps({"uri": str(path)}),
+        profile=json.dumps(sizes),
+    )
+    return DatasetInput(ds, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
 def create_parent_run(c, experiment_id: str, study: str, config_hash: str, run_name: str | None = None) -> str:
@@ -154,27 +182,54 @@ class TrialLogger:
 
 
 def runs_table(uri: str, experiment_id: str, parent_run_id: str) -> str:
-    """A plain-text table of a launch's child runs: cell, status, outcome, epochs, metrics."""
+    """A plain-text table of a launch's child runs: cell, short run ID (the UI's run page), status,
+    outcome, epochs, the task's ranking metric (best validation epoch) and test metrics, and the
+    analysis metrics once ``analyze`` has logged them (``-`` before)."""
+    from hybridlens.analysis.tasks import TASKS
+
     c = client(uri)
+    runs = child_runs(c, experiment_id, parent_run_id)
+    tasks = {r.data.params.get("task") for r in runs} & set(TASKS)
+    spec = TASKS[tasks.pop()] if len(tasks) == 1 else TASKS["task1"]
+    rank = f"best_{spec.monitor}"
+    analysis = [k for k in spec.interp_metrics if any(k in r.data.metrics for r in runs)] or list(spec.interp_metrics)
+
+    def num(m: dict, key: str) -> str:
+        return f"{m[key]:.3f}" if key in m else "-"
+
     rows = []
-    for r in child_runs(c, experiment_id, parent_run_id):
+    for r in runs:
         p, m, t = r.data.params, r.data.metrics, r.data.tags
         rows.append(
             [
                 p.get("architecture", "?"),
                 p.get("activation", "?"),
                 p.get("seed", "?"),
+                r.info.run_id[:8],
                 r.info.status,
                 t.get(TAG_OUTCOME, "running" if r.info.status == "RUNNING" else ""),
-                f"{int(m['epochs_trained'])}" if "epochs_trained" in m else "",
-                f"{m['best_val_auroc']:.3f}" if "best_val_auroc" in m else "",
-                f"{m['test_auroc']:.3f}" if "test_auroc" in m else "",
-                f"{m['test_aupr']:.3f}" if "test_aupr" in m else "",
+                f"{int(m['epochs_trained'])}" if "epochs_trained" in m else "-",
+                num(m, rank),
+                num(m, "test_auroc"),
+                num(m, "test_aupr"),
+                *(num(m, k) for k in analysis),
             ]
         )
     rows.sort(key=lambda r: (r[0], r[1], int(r[2]) if str(r[2]).isdigit() else 0))
-    head = ["architecture", "activation", "seed", "status", "outcome", "epochs", "val_auroc", "test_auroc", "test_aupr"]
+    head = [
+        "architecture",
+        "activation",
+        "seed",
+        "run",
+        "status",
+        "outcome",
+        "epochs",
+        rank,
+        "test_auroc",
+        "test_aupr",
+        *analysis,
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*head)] + [fmt.format(*map(str, r)) for r in rows]
-    return "\n".join(lines) + f"\n{len(rows)} runs"
+    return "\n".join(lines) + f"\n{len(rows)} runs ({spec.name}: ranked on {rank}; '-': not logged yet)"

@@ -71,22 +71,33 @@ def _maybe_fault(cfg: StudyConfig, cell: dict, epoch: int, trial_id: str, workdi
             continue
         if f.mode == "always" and epoch >= f.epoch:  # every attempt, also one resumed past f.epoch
             raise InjectedFault(f"injected fault (always) at epoch {epoch}")
-        if f.epoch != epoch:
+        if epoch < f.epoch:
             continue
-        marker = workdir / "faults" / f"{trial_id}-{layout.cell_name(**cell)}-epoch{epoch}"
-        if not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
-            raise InjectedFault(f"injected fault (once) at epoch {epoch}")
+        # the first `times` attempts that reach f.epoch fail (a retry resumes at its checkpoint, past
+        # f.epoch maybe): one marker file per failed attempt, -epochE, -epochE.2, ...
+        base = workdir / "faults" / f"{trial_id}-{layout.cell_name(**cell)}-epoch{f.epoch}"
+        for k in range(1, f.times + 1):
+            marker = base if k == 1 else base.with_name(f"{base.name}.{k}")
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                raise InjectedFault(f"injected fault ({'once' if f.times == 1 else f'{k} of {f.times}'}) at epoch {epoch}")
 
 
-def _open_child_run(c, trk: dict, trial_id: str, cfg: StudyConfig, cell: dict, dataset_hash: str, *, reopen: bool = True) -> str:
-    """Find the cell's child run (a retry or resume) or create it; leave it RUNNING unless ``reopen``
-    is false (a cell the pack had closed before its checkpoint keeps its end status)."""
+def _open_child_run(
+    c, trk: dict, trial_id: str, cfg: StudyConfig, cell: dict, dataset_hash: str, *, reopen: bool = True, inputs=()
+) -> str:
+    """Find the cell's child run (a retry or resume) or create it (with the dataset ``inputs``); leave
+    it RUNNING unless ``reopen`` is false (a cell the pack had closed before its checkpoint keeps its end
+    status)."""
     run_id = tracking.find_trial_run(c, trk["experiment_id"], trk["parent_run_id"], trial_id, layout.cell_name(**cell))
     if run_id is not None:
-        if reopen and c.get_run(run_id).info.status != "RUNNING":
+        run = c.get_run(run_id)
+        if reopen and run.info.status != "RUNNING":
             c.update_run(run_id, status="RUNNING")
+            for tag in (layout.TAG_OUTCOME, layout.TAG_ERROR):  # a failed run retried: its end is not known yet
+                if tag in run.data.tags:
+                    c.delete_tag(run_id, tag)
         return run_id
     import ray
 
@@ -106,6 +117,8 @@ def _open_child_run(c, trk: dict, trial_id: str, cfg: StudyConfig, cell: dict, d
     from mlflow.entities import Param
 
     c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in trial_params(cfg, cell, dataset_hash).items()])
+    if inputs:
+        c.log_inputs(run.info.run_id, list(inputs))
     return run.info.run_id
 
 
@@ -181,15 +194,56 @@ def _close(c, member, m, ds, cfg: StudyConfig, config: dict, elapsed: float) -> 
     ]
 
 
+def _setup(cfg: StudyConfig, cells: list[dict], data_path: str, device: torch.device):
+    """Load the data and build the pack; one forward pass of two sequences through every model checks
+    that the models take the data before any training starts."""
+    from hybridlens.models import build
+    from hybridlens.study.pack import PackTrainer
+    from hybridlens.study.train import Trainer, seed_everything
+
+    ds, data = _data(data_path, device)
+    pack = PackTrainer()
+    probe = data.splits["train"][0][:2]
+    for cell in cells:
+        seed_everything(cell["seed"])
+        arch = cell["architecture"]
+        model = build(arch, cfg.task, cell["activation"], seed=cell["seed"], **cfg.model.overrides(arch))
+        pack.add(Trainer(model, data, cfg.train_config(cell["seed"])))
+    rng = torch.get_rng_state()
+    with torch.no_grad():
+        for m in pack.members:
+            m.trainer.model.eval()
+            out = m.trainer.model(probe)
+            if out.shape[1] != data.num_outputs:
+                raise ValueError(f"the model has {out.shape[1]} outputs but the dataset {data.num_outputs} labels")
+    torch.set_rng_state(rng)
+    return ds, data, pack
+
+
+def _fail_deterministically(c, trk: dict, trial_id: str, cfg: StudyConfig, cells: list[dict], e: Exception) -> None:
+    """Record a setup failure on every cell's run (FAILED, with the cause) and end the trial without
+    an error, so that Ray does not retry it ``max_failures`` times; the driver prints each cell's line."""
+    from ray import tune
+
+    why = (
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
+        + " (not retried: the setup fails the same way every time)"
+    )
+    events = []
+    for cell in cells:
+        run_id = c.call(_open_child_run, c, trk, trial_id, cfg, cell, "")
+        c.set_tag(run_id, layout.TAG_OUTCOME, "failed")
+        c.set_tag(run_id, layout.TAG_ERROR, why)
+        c.set_terminated(run_id, "FAILED")
+        events.append([layout.cell_name(**cell), f"FAILED: {why}"])
+    tune.report({"epoch": 0, "events": events, "done": 1})
+
+
 def train_trial(config: dict) -> None:
     """Ray Tune function trainable (see the module docstring for ``config``)."""
     import time
 
     from ray import tune
-
-    from hybridlens.models import build
-    from hybridlens.study.pack import PackTrainer
-    from hybridlens.study.train import Trainer, seed_everything
 
     start = time.monotonic()
     cfg = parse_config(config["study"], "study config")
@@ -203,13 +257,17 @@ def train_trial(config: dict) -> None:
     for k, v in tracking.MLFLOW_CLIENT_RETRIES.items():
         os.environ.setdefault(k, v)
     c = tracking.RetryingClient(mlruns.client(trk["uri"]))
-    ds, data = _data(config["data_path"], device)
-    pack = PackTrainer()
-    for cell in cells:
-        seed_everything(cell["seed"])
-        arch = cell["architecture"]
-        model = build(arch, cfg.task, cell["activation"], seed=cell["seed"], **cfg.model.overrides(arch))
-        pack.add(Trainer(model, data, cfg.train_config(cell["seed"])))
+    try:
+        ds, data, pack = _setup(cfg, cells, config["data_path"], device)
+    except Exception as e:
+        if isinstance(e, OSError) or tracking.unreachable(e):
+            raise  # the file system or a service: worth Ray's retries
+        # the data, config or models are wrong: every attempt would fail the same way
+        try:
+            _fail_deterministically(c, trk, trial_id, cfg, cells, e)
+        except Exception:
+            raise e from None  # could not even record it: let Ray retry and report the original error
+        return
     closed = [False] * len(cells)
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -218,8 +276,10 @@ def train_trial(config: dict) -> None:
         pack.load_state_dict(state)
         closed = list(state["closed"])
     members = []  # the runs of cells closed before the checkpoint stay as they ended
+    sizes = {s: len(ds.split(s)) for s in ("train", "valid", "test")}
+    inputs = [tracking.dataset_input(config["data_path"], ds.content_hash, sizes)]
     for cell, cl in zip(cells, closed):
-        run_id = c.call(_open_child_run, c, trk, trial_id, cfg, cell, ds.content_hash, reopen=not cl)
+        run_id = c.call(_open_child_run, c, trk, trial_id, cfg, cell, ds.content_hash, reopen=not cl, inputs=inputs)
         members.append(_Cell(cell, run_id, tracking.TrialLogger(c, run_id)))
     try:
         epoch = max(m.trainer.epoch for m in pack.members)

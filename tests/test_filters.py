@@ -24,6 +24,8 @@ def test_align_by_hand():
     assert ppm.shape == (2, 4, 20)
     np.testing.assert_allclose(ppm[0], (x[0, :, 5:25] + x[1, :, 10:30]) / 2)
     np.testing.assert_allclose(ppm[1], 0.25)  # never activates: uniform
+    _, counts = align_filters(fmap, x, window=20, threshold=0.5, return_counts=True)
+    assert counts.tolist() == [2, 0]  # the two kept windows above; filter 1 had none
 
 
 def test_clip_by_hand():
@@ -62,3 +64,37 @@ def test_filter_that_detects_a_planted_motif_recovers_it():
     assert "ACGTTGCA" in consensus
     np.testing.assert_allclose(motifs[1].pwm, 0.25)  # a dead filter gives a uniform PPM
     assert [m.id for m in motifs] == ["filter0", "filter1"]
+
+
+def test_meme_file_states_each_filters_window_count(tmp_path):
+    """``nsites`` in the filters' MEME file is the number of windows each PPM was averaged from (not a
+    constant), and the logo titles carry it."""
+    from hybridlens.analysis.figures import filter_title
+    from hybridlens.analysis.filters import first_layer_activations
+    from hybridlens.analysis.motifs import read_meme, write_meme
+
+    rng = np.random.default_rng(1)
+    x = np.stack([_onehot(rng.integers(0, 4, 200)) for _ in range(60)]).astype(np.float32)
+    model = build("C24", "task1", "relu", seed=3)
+    motifs = filter_motifs(model, x)
+    _, counts = align_filters(first_layer_activations(model, x), x, return_counts=True)
+    back = read_meme(write_meme(motifs, tmp_path / "filters.meme"))
+    assert [m.nsites for m in back] == counts.tolist()
+    assert len(set(counts.tolist())) > 1  # filters differ: the file does not state one number for all
+    few = int(np.argmin(counts))
+    row = {"filter": f"filter{few}", "gt_match": "", "best_hit": "", "best_hit_name": ""}
+    assert filter_title(row, int(counts[few])).endswith(
+        f"{counts[few]} windows" + (" (< 10: unreliable)" if counts[few] < 10 else "")
+    )
+
+
+def test_logo_titles_say_what_each_filter_matched():
+    from hybridlens.analysis.figures import filter_title
+
+    gt = {"filter": "filter3", "gt_match": "MAX", "best_hit": "MA0058.3", "best_hit_name": "MAX"}
+    jaspar = {"filter": "filter5", "gt_match": "", "best_hit": "MA1271.1", "best_hit_name": "TSO1"}
+    none = {"filter": "filter7", "gt_match": "", "best_hit": "", "best_hit_name": ""}
+    assert filter_title(gt, 153) == "filter3: MAX\n153 windows"
+    assert filter_title(jaspar, 40) == "filter5: TSO1 (JASPAR only)\n40 windows"
+    assert filter_title(none, 4) == "filter7: no hit\n4 windows (< 10: unreliable)"
+    assert filter_title({**jaspar, "best_hit_name": ""}, None) == "filter5: MA1271.1 (JASPAR only)"

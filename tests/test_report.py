@@ -89,7 +89,7 @@ def test_study_runs_the_analysis_and_logs_it(task1):
     assert "analysis/fig2_task1.png" in _artifacts(c, parent)
     for r in child_runs(c, summary.launch.experiment_id, parent):
         assert {"tpr", "fpr"} <= set(r.data.metrics)
-        assert _artifacts(c, r.info.run_id) == ["analysis/filter_matches.tsv", "analysis/filters.meme", "analysis/tomtom.tsv"]
+        assert _artifacts(c, r.info.run_id) == ["analysis/filter_matches.tsv", "analysis/tomtom.tsv"]
 
 
 def test_rerun_replaces_and_works_from_mlflow_alone(task1):
@@ -160,3 +160,76 @@ def test_task2_saliency_end_to_end(tmp_path):
     for r in child_runs(c, launch.experiment_id, launch.parent_run_id):
         assert {"saliency_auroc", "saliency_aupr", "saliency_snr"} <= set(r.data.metrics)
     assert find_study(launch.tracking_uri, "tiny-task2").parent.info.run_id == launch.parent_run_id
+
+
+def _fake_run_like(c, launch, real, weights: bytes) -> str:
+    """A finished child run that copies a real run's params and config, with ``weights`` as its
+    ``model/weights.pt``."""
+    import tempfile
+
+    fake = c.create_run(
+        launch.experiment_id,
+        run_name="C24-exp-s7",
+        tags={TAG_PARENT: launch.parent_run_id, TAG_KIND: "trial", TAG_OUTCOME: "finished", "mlflow.runName": "C24-exp-s7"},
+    ).info.run_id
+    for k, v in {**real.data.params, "seed": "7", "architecture": "C24", "activation": "exp"}.items():
+        c.log_param(fake, k, v)
+    c.log_metric(fake, "best_val_aupr", 0.99)
+    with tempfile.TemporaryDirectory() as d:
+        cfg = c.download_artifacts(real.info.run_id, "config/trial.json", d)
+        c.log_artifact(fake, cfg, "config")
+        (Path(d) / "weights.pt").write_bytes(weights)
+        c.log_artifact(fake, str(Path(d) / "weights.pt"), "model")
+    c.set_terminated(fake, "FINISHED")
+    return fake
+
+
+def test_a_tampered_weights_file_is_skipped_with_its_reason(task1):
+    work, summary = task1
+    launch = summary.launch
+    c = client(launch.tracking_uri)
+    real = next(r for r in child_runs(c, launch.experiment_id, launch.parent_run_id) if r.data.params["architecture"] == "C24")
+    good = Path(c.download_artifacts(real.info.run_id, "model/weights.pt", str(work)))
+    fake = _fake_run_like(c, launch, real, good.read_bytes()[:300])  # truncated
+    try:
+        r = _cli("analyze", "--study", "tiny-task1", "--workdir", str(work), "--out", str(work / "an3"))
+        assert r.returncode == 0, r.stderr
+        assert "C24-exp-s7: skipped: model/weights.pt cannot be loaded (" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert len(pd.read_csv(work / "an3" / "per_run.csv")) == 4  # the four real runs
+        caption = (work / "an3" / "summary.md").read_text().splitlines()[0]
+        assert "Skipped 1 run(s): C24-exp-s7 (model/weights.pt cannot be loaded" in caption
+    finally:
+        c.delete_run(fake)
+
+
+def test_an_interrupted_analysis_leaves_the_previous_outputs_as_they_were(task1):
+    """Ctrl+C in the middle of ``analyze``: exit 130 with one line, the previous tables, figures and
+    analysis.json untouched, no half-written folder beside them."""
+    import os
+    import signal
+    import time
+
+    work, summary = task1
+    out = work / "analysis" / "tiny-task1"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridlens.study.cli", "analyze", "--study", "tiny-task1", "--workdir", str(work)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    for line in proc.stderr:  # interrupt once the first run has been analysed
+        lines.append(line)
+        if "[1/4]" in line:
+            time.sleep(0.2)
+            os.kill(proc.pid, signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "hybridlens: interrupted", err
+    assert "Traceback" not in err
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []

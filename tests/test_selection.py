@@ -57,3 +57,16 @@ def test_mixed_tasks_need_a_task_and_study_lookup(store):
     assert find_study(uri, "s1").parent.info.run_id == parent
     with pytest.raises(ValueError, match="unknown study 'nope'.*s1"):
         find_study(uri, "nope")
+
+
+def test_best_k_of_n_says_the_real_numbers(store):
+    """C24-exp has 3 finished runs, C24-relu 1: with top_k 2 the selection keeps 1-2 of 1-3, and with
+    top_k 5 (more than any configuration has) it never claims 5."""
+    uri, exp, parent, ids = store
+    runs = child_runs(client(uri), exp, parent)
+    sel = select_best(runs, task="task1", top_k=2)
+    assert sel.available == {("C24", "exp"): 3, ("C24", "relu"): 1}
+    assert sel.best_of() == "best 1-2 of 1-3"
+    only_exp = [r for r in runs if r.data.params["activation"] == "exp"]
+    assert select_best(only_exp, task="task1", top_k=5).best_of() == "best 3 of 3"
+    assert select_best(only_exp, task="task1", top_k=2).best_of() == "best 2 of 3"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,6 +112,15 @@ def test_smoke_study_end_to_end(tmp_path, smoke, data_file):
         trial = json.loads((local / "config" / "trial.json").read_text())
         assert trial["dataset_hash"] == ds_hash and trial["cell"]["architecture"] == p["architecture"]
         assert len(read_meme(local / "filters" / "filters.meme")) == 32
+    # MLflow's UI opens the experiment on its runs (model training, not the GenAI overview), and every
+    # run names its dataset (name, our hash as digest, the file as source).
+    assert c.get_experiment(launch.experiment_id).tags[layout.TAG_EXPERIMENT_KIND] == "custom_model_development"
+    for run_id in [launch.parent_run_id] + [r.info.run_id for r in runs]:
+        (inp,) = c.get_run(run_id).inputs.dataset_inputs
+        assert inp.dataset.name == data_file.stem and inp.dataset.digest == ds_hash[:36]
+        assert json.loads(inp.dataset.source) == {"uri": str(data_file)} and inp.dataset.source_type == "local"
+        assert json.loads(inp.dataset.profile) == {"train": 280, "valid": 40, "test": 80}
+        assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "training"}
     # The parent carries the study config; the workdir the resolved config.
     assert [a.path for a in c.list_artifacts(launch.parent_run_id, "config")] == ["config/study.yaml"]
     assert (work / "studies" / "tiny.yaml").is_file()
@@ -125,39 +135,80 @@ def test_runs_table(smoke):
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[0].split()[:5] == ["architecture", "activation", "seed", "status", "outcome"]
-    assert sum("FINISHED" in ln for ln in lines) == 4 and lines[-1] == "4 runs"
+    head = lines[0].split()
+    assert head == ["architecture", "activation", "seed", "run", "status", "outcome", "epochs", "best_val_aupr",
+                    "test_auroc", "test_aupr", "tpr", "fpr"]  # fmt: skip
+    assert sum("FINISHED" in ln for ln in lines) == 4 and lines[-1].startswith("4 runs (task1: ranked on best_val_aupr")
+    c, launch, runs = runs_of(smoke[0])
+    by_id = {x.info.run_id[:8]: x for x in runs}
+    for ln in lines[1:-1]:  # each row: its run's short ID, ranking metric and the analysis' TPR/FPR
+        cells = ln.split()
+        run = by_id[cells[3]]
+        assert cells[7] == f"{run.data.metrics['best_val_aupr']:.3f}"
+        assert cells[10:12] == [f"{run.data.metrics['tpr']:.3f}", f"{run.data.metrics['fpr']:.3f}"]
 
 
-def test_ui_serves_the_store_on_localhost(smoke):
+@contextlib.contextmanager
+def _ui(workdir: Path):
+    """``hybridlens ui`` on a free port, once it answers: yields (port, the lines it printed first)."""
     import socket
     import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hybridlens.study.cli", "ui", "--workdir", str(smoke[0]), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _cli("ui", "--workdir", str(workdir), "--port", str(port), start_new_session=True)
     try:
+        first = [proc.stdout.readline(), proc.stdout.readline()]
         end = time.time() + 90
         while True:
             try:
-                body = urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny", timeout=2
-                ).read()
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
                 break
             except OSError:
-                if time.time() > end or proc.poll() is not None:
-                    raise
+                assert time.time() < end and proc.poll() is None, "the UI did not start"
                 time.sleep(1)
-        assert json.loads(body)["experiment"]["name"] == "tiny"
+        yield port, first
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_ui_serves_the_store_on_localhost(smoke):
+    import urllib.request
+
+    with _ui(smoke[0]) as (port, first):
+        experiment_id = smoke[1].launch.experiment_id
+        url = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        assert first[1].strip() == f"study tiny: {url}", first
+        body = urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny", timeout=10
+        ).read()
+        assert json.loads(body)["experiment"]["name"] == "tiny"
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (apt-get install chromium)")
+def test_ui_in_a_headless_browser_shows_the_runs_and_their_dataset(smoke, tmp_path):
+    """The URL ``hybridlens ui`` prints, opened in headless Chromium: the page lists the study's runs
+    in Model-training mode with the dataset column filled in (screenshot in the test's tmp folder)."""
+    with _ui(smoke[0]) as (port, first):
+        url = first[1].split(": ", 1)[1].strip()
+        chromium = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--window-size=1500,900", "--virtual-time-budget=30000"]  # fmt: skip
+        dom = subprocess.run(
+            [*chromium, f"--user-data-dir={tmp_path / 'a'}", "--dump-dom", url], capture_output=True, text=True, timeout=180
+        ).stdout
+        shot = tmp_path / "runs.png"
+        subprocess.run(
+            [*chromium, f"--user-data-dir={tmp_path / 'b'}", f"--screenshot={shot}", url], capture_output=True, timeout=180
+        )
+    launch = smoke[1].launch
+    parent_name = mlruns.client(launch.tracking_uri).get_run(launch.parent_run_id).data.tags["mlflow.runName"]
+    ds_hash = load_dataset(launch.data_path, splits=()).content_hash
+    assert parent_name in dom and "matching runs" in dom
+    assert ds_hash[:12] in dom  # the Dataset column: our hash as the digest
+    assert shot.stat().st_size > 10_000
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path, data_file):
@@ -264,6 +315,13 @@ def test_nan_diverging_trial_is_recorded_as_diverged(tmp_path, data_file):
 def _cli(*args, **kw):
     return subprocess.Popen(
         [sys.executable, "-m", "hybridlens.study.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
+
+
+def _run_cli(*args, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """``hybridlens ARGS`` to completion, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "hybridlens.study.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw
     )
 
 
@@ -472,3 +530,227 @@ def test_reference_config_smoke_test_end_to_end(tmp_path, task):
     assert (meta["ground_truth"], meta["rank_on"]) == ("reference_lists", "test")
     caption = (result.out_dir / "summary.md").read_text().splitlines()[0]
     assert "ground truth: reference_lists" in caption and "ranked on test_" in caption
+
+
+# ------------------------------------------------------------------------------ reliability (#15)
+
+
+def test_sigint_handler_is_restored_after_the_fit(smoke):
+    """Ray Tune installs its own SIGINT handler during fit; left installed, it would swallow the first
+    Ctrl+C of the analysis that follows."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_failed_trial_finishes_after_resume(tmp_path, data_file):
+    """A cell whose first 3 attempts fail (max_failures 2: three attempts per launch) fails the
+    launch, which says so and exits non-zero; ``resume`` retries it from its checkpoint in its own run,
+    and it finishes with every step logged once."""
+    cfg = write_config(
+        tmp_path,
+        data_file,
+        name="flaky",
+        grid={"architectures": ["C24"], "activations": ["relu", "exp"]},
+        train={"epochs": 5},
+        ray={"checkpoint_every": 1, "max_failures": 2},
+        faults=[{"architecture": "C24", "activation": "exp", "epoch": 1, "times": 3}],
+    )
+    work = tmp_path / "work"
+    r = _run_cli("study", str(cfg), "--workdir", str(work), "--no-analyze", timeout=600)
+    assert r.returncode == 3, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("study flaky ended with 1 failed cell(s)") and "C24-exp-s0: InjectedFault" in last, last
+    assert f"retry them with 'hybridlens resume {work} --study flaky'" in last
+    c, launch, runs = runs_of(work)
+    by_name = {x.data.tags["mlflow.runName"]: x for x in runs}
+    assert by_name["C24-exp-s0"].info.status == "FAILED"
+    r = _run_cli("resume", str(work), "--no-analyze", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("study flaky complete: 2 finished, 0 failed")
+    assert len(list((work / "faults").glob("*-C24-exp-s0-epoch1*"))) == 3  # the fault did fire three times
+    _, _, after = runs_of(work)
+    assert sorted(x.data.tags["mlflow.runName"] for x in after) == ["C24-exp-s0", "C24-relu-s0"]  # one run per cell
+    for x in after:
+        assert x.info.status == "FINISHED" and layout.TAG_ERROR not in x.data.tags
+        for key in ("val_loss", "train_loss", "lr"):
+            assert steps(c, x.info.run_id, key) == [1, 2, 3, 4, 5]
+    assert c.get_run(launch.parent_run_id).info.status == "FINISHED"
+
+
+def test_no_retry_failed_leaves_failed_trials(tmp_path, data_file):
+    cfg = write_config(
+        tmp_path,
+        data_file,
+        name="stays",
+        grid={"architectures": ["C24"], "activations": ["exp"]},
+        train={"epochs": 2},
+        ray={"max_failures": 0},
+        faults=[{"architecture": "C24", "epoch": 1, "times": 1}],
+    )
+    work = tmp_path / "work"
+    summary = run_study(cfg, workdir=work, analyze=False, echo=lambda m: None)
+    assert summary.complete and list(summary.failures) == ["C24-exp-s0"] and not summary.ok
+    r = _run_cli("resume", str(work), "--no-analyze", "--no-retry-failed", timeout=600)
+    assert r.returncode == 3 and "ended with 1 failed cell(s)" in r.stderr.strip().splitlines()[-1], r.stderr
+    _, _, runs = runs_of(work)
+    assert [x.info.status for x in runs] == ["FAILED"]
+
+
+def test_a_setup_that_cannot_work_fails_once_not_max_failures_times(tmp_path, data_file):
+    """key_size 7 cannot be split over 8 attention heads: the model cannot be built, the same way on
+    every attempt; the trial is not retried, the run says why, the other cells finish."""
+    cfg = write_config(
+        tmp_path,
+        data_file,
+        name="badsize",
+        grid={"architectures": ["C24", "C24-Att"], "activations": ["relu"]},
+        model={"per_architecture": {"C24-Att": {"key_size": 7}}},
+        train={"epochs": 2},
+        ray={"max_failures": 3},
+    )
+    lines = []
+    summary = run_study(cfg, workdir=tmp_path / "work", analyze=False, echo=lines.append)
+    assert summary.finished == 1 and list(summary.failures) == ["C24-Att-relu-s0"]
+    assert "not retried" in summary.failures["C24-Att-relu-s0"]
+    assert sum(ln.startswith("  start   C24-Att-relu-s0") for ln in lines) == 1  # one attempt, not four
+    assert lines[-1].startswith("study badsize ended with 1 failed cell(s)")
+    _, _, runs = runs_of(tmp_path / "work")
+    bad = next(x for x in runs if x.data.tags["mlflow.runName"] == "C24-Att-relu-s0")
+    assert bad.info.status == "FAILED" and bad.data.tags[layout.TAG_OUTCOME] == "failed"
+
+
+def _write_bad(path: Path, data_file: Path, change) -> Path:
+    ds = load_dataset(data_file)
+    change(ds)
+    write_dataset(path, ds)
+    return path
+
+
+def _length_100(ds):
+    for s in ("train", "valid", "test"):
+        sp = ds.split(s)
+        sp.x = sp.x[:, :, :100].copy()
+        sp.model = None if sp.model is None else sp.model[:, :, :100].copy()
+
+
+def _nan(ds):
+    ds.train.x[5, 0, 7] = float("nan")
+
+
+def _empty_valid(ds):
+    ds.valid.x, ds.valid.y = ds.valid.x[:0], ds.valid.y[:0]
+    ds.valid.model = None if ds.valid.model is None else ds.valid.model[:0]
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (_length_100, "has sequences of length 100 but the models take 200"),
+        (_nan, "X_train has a non-finite value (NaN or inf) in row 5"),
+        (_empty_valid, "split 'valid' is empty"),
+    ],
+)
+def test_bad_data_fails_in_preflight(tmp_path, data_file, change, message):
+    bad = _write_bad(tmp_path / "bad.h5", data_file, change)
+    cfg = write_config(tmp_path, bad)
+    work = tmp_path / "work"
+    t0 = time.monotonic()
+    r = _run_cli("study", str(cfg), "--workdir", str(work), timeout=120)
+    assert r.returncode == 2 and time.monotonic() - t0 < 60
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("hybridlens: error: ") and message in lines[-1], r.stderr
+    assert not work.exists()
+
+
+def test_a_huge_grid_needs_yes(tmp_path, data_file):
+    cfg = write_config(tmp_path, data_file, grid={"architectures": "all", "seeds": 100000})
+    r = _run_cli("study", str(cfg), "--workdir", str(tmp_path / "work"), timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("study tiny: 3,400,000 grid cells (17 architectures x 2 activations x 100,000 seeds)")
+    assert lines[-1] == (
+        "hybridlens: error: the grid has 3,400,000 cells (more than 10,000); check grid.seeds and grid.architectures, "
+        "or pass --yes to launch it"
+    )
+    assert not (tmp_path / "work").exists()
+
+
+def test_two_simultaneous_first_launches_one_runs_the_other_refuses(tmp_path, data_file):
+    cfg = write_config(tmp_path, data_file, grid={"architectures": ["C24"], "activations": ["relu"]}, train={"epochs": 1})
+    work = tmp_path / "work"
+    procs = [_cli("study", str(cfg), "--workdir", str(work), "--no-analyze") for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    refused = outs[[p.returncode for p in procs].index(2)]
+    assert "hybridlens: error: study 'tiny' is being run by process " in refused and "Traceback" not in refused
+    _, _, runs = runs_of(work)
+    assert [x.info.status for x in runs] == ["FINISHED"]
+
+
+def test_a_workdir_path_with_url_syntax_keeps_everything_inside(tmp_path, data_file):
+    """'?', '%', '#', a space and non-ASCII in the workdir: the store, artifacts and Ray state all land
+    inside it, and nothing is created beside it."""
+    cfg = write_config(tmp_path, data_file, grid={"architectures": ["C24"], "activations": ["relu"]}, train={"epochs": 1})
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    work = parent / "x?y%41 #é"
+    r = _run_cli("study", str(cfg), "--workdir", str(work), timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in parent.iterdir()] == [work.name]
+    assert (work / "mlflow.db").is_file() and (work / "mlartifacts").is_dir() and (work / "analysis" / "tiny").is_dir()
+    c, launch, runs = runs_of(work)
+    assert [x.info.status for x in runs] == ["FINISHED"]
+    assert mlruns.sqlite_path(launch.tracking_uri) == work / "mlflow.db"
+    names = [a.path for a in c.list_artifacts(runs[0].info.run_id, "model")]
+    assert names == ["model/weights.pt"]
+
+
+def _as_nobody_possible() -> bool:
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return False
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", "import hybridlens"],
+                       capture_output=True, timeout=60)  # fmt: skip
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not _as_nobody_possible(), reason="needs root and setpriv, to run the CLI as an unprivileged user")
+@pytest.mark.parametrize("what", ["workdir", "store"])
+def test_a_read_only_workdir_or_store_is_one_line(data_file, what):
+    """Run as the unprivileged user 'nobody' (root ignores permissions): a read-only workdir, or a
+    read-only mlflow.db in a writable one, ends in one line naming the path, before any work."""
+    import shutil
+    import tempfile
+
+    from hybridlens.study.tracking import get_or_create_experiment
+
+    top = Path(tempfile.mkdtemp(prefix="hybridlens-ro-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        shutil.copy(data_file, top / "d.h5")
+        (top / "d.h5").chmod(0o644)
+        cfg = write_config(top, top / "d.h5")
+        cfg.chmod(0o644)
+        work = top / "work"
+        work.mkdir()
+        get_or_create_experiment(mlruns.client(mlruns.sqlite_uri(work)), "tiny", (work / "mlartifacts").as_uri())
+        os.chown(work, 65534, 65534)
+        (work / "studies").mkdir()
+        os.chown(work / "studies", 65534, 65534)
+        if what == "workdir":
+            work.chmod(0o555)
+            message = f"hybridlens: error: workdir {work} is read-only"
+        else:
+            (work / "mlflow.db").chmod(0o444)
+            message = f"hybridlens: error: the MLflow store {work / 'mlflow.db'} is read-only"
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "hybridlens.study.cli",
+             "study", str(cfg), "--workdir", str(work)],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(top)}, cwd=top,
+        )  # fmt: skip
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith(message), r.stderr
+        assert "Traceback" not in r.stderr
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
