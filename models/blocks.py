@@ -141,11 +141,12 @@ class DenseHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_features, dense_units, bias=False)
         self.bn = nn.BatchNorm1d(dense_units, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self.act = nn.ReLU()  # a module, not torch.relu: attribution rules (DeepLIFT) hook modules
         self.drop = nn.Dropout(dropout)
         self.output = nn.Linear(dense_units, num_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.drop(torch.relu(self.bn(self.dense(x.flatten(1))))))
+        return self.output(self.drop(self.act(self.bn(self.dense(x.flatten(1))))))
 
 
 INITS = ("he", "glorot")

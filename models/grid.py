@@ -111,6 +111,8 @@ class Hybrid(nn.Module):
             units = (s.key_size if spec.stage2 == "trans" else s.lstm_units) // 2
             self.stage1.lstm = BiLSTM(s.filters, units)
             width = 2 * units
+        # modules, not F.max_pool1d: attribution rules (DeepLIFT's max-pool rule) hook modules
+        self.pool_layers = nn.ModuleList(nn.MaxPool1d(p) for p in self.pools)
         positions = s.seq_len
         for p in self.pools:
             positions //= p
@@ -134,15 +136,15 @@ class Hybrid(nn.Module):
         self.stage2 = nn.Sequential(*stage2)
         self.stage3 = DenseHead(positions * width, s.dense_units, s.num_outputs)
 
-    def _pool(self, x: torch.Tensor, size: int) -> torch.Tensor:  # (N, C, L)
-        return self.drop(nn.functional.max_pool1d(x, size))
+    def _pool(self, x: torch.Tensor, i: int) -> torch.Tensor:  # (N, C, L)
+        return self.drop(self.pool_layers[i](x))
 
     def _stage1(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._pool(self.stage1.first(x), self.pools[0])
+        x = self._pool(self.stage1.first(x), 0)
         if self.spec.baseline == "C4C6":
-            x = self._pool(self.stage1.second(x), self.pools[1])
+            x = self._pool(self.stage1.second(x), 1)
         elif self.spec.baseline == "C4":
-            x = self._pool(self.stage1.lstm(x.transpose(1, 2)).transpose(1, 2), self.pools[1])
+            x = self._pool(self.stage1.lstm(x.transpose(1, 2)).transpose(1, 2), 1)
         return x.transpose(1, 2)  # (N, positions, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
