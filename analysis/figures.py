@@ -153,3 +153,60 @@ def filter_logos_many(jobs: Sequence[tuple], *, workers: int | None = None) -> l
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(filter_logos, pwms, labels, stem, title=title) for pwms, labels, stem, title in jobs]
         return [p for f in futures for p in f.result()]
+
+
+def attribution_heatmap(table: pd.DataFrame, stem: str | Path, *, title: str = "", metric: str = "auroc_mean") -> list[Path]:
+    """Methods (rows) x architectures (columns) of an attribution score, one panel per activation (exp
+    and relu side by side); a method that does not support an architecture is an empty cell marked
+    "n/s". ``table`` is :func:`~hybridlens.analysis.report.attribution_table`'s."""
+    from hybridlens.models import GRID
+
+    plt = _plt()
+    methods = list(dict.fromkeys(table["method"]))
+    archs = sorted(set(table["architecture"]), key=lambda a: list(GRID).index(a) if a in GRID else len(GRID))
+    acts = [a for a in ("exp", "relu") if a in set(table["activation"])]
+    fig, axes = plt.subplots(1, len(acts), figsize=(0.9 * len(archs) * len(acts) + 2.5, 0.55 * len(methods) + 1.8), squeeze=False)
+    for ax, act in zip(axes[0], acts):
+        grid = np.full((len(methods), len(archs)), np.nan)
+        sub = table[table["activation"] == act]
+        for _, r in sub.iterrows():
+            grid[methods.index(r["method"]), archs.index(r["architecture"])] = r[metric]
+        im = ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
+        for i in range(len(methods)):
+            for j in range(len(archs)):
+                v = grid[i, j]
+                ax.text(j, i, "n/s" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="black" if np.isnan(v) or v > 0.8 else "white")  # fmt: skip
+        ax.set_xticks(range(len(archs)), archs, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(methods)), methods, fontsize=7)
+        ax.set_title(act, fontsize=9)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label=f"attribution {metric.replace('_mean', '').upper()}")
+    fig.suptitle(title, fontsize=9)
+    out = []
+    for ext in ("png", "pdf"):
+        p = Path(stem).with_suffix(f".{ext}")
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+        out.append(p)
+    plt.close(fig)
+    return out
+
+
+def attention_example(weights: np.ndarray, motif_windows: np.ndarray, stem: str | Path, *, title: str = "") -> list[Path]:
+    """One sequence's attention map ``(P, P)`` (rows: queries, columns: keys) with the windows that hold
+    a ground-truth motif marked on both axes."""
+    plt = _plt()
+    p = weights.shape[0]
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    im = ax.imshow(weights, cmap="magma", vmin=0)
+    for j in np.flatnonzero(motif_windows):
+        for spot in ((j, -0.9), (-0.9, j)):
+            ax.plot(*spot, marker="s", color="tab:cyan", ms=6, clip_on=False)
+    ax.set_xlim(-1.3, p - 0.5)
+    ax.set_ylim(p - 0.5, -1.3)
+    ax.set_xticks(range(p))
+    ax.set_yticks(range(p))
+    ax.tick_params(labelsize=6)
+    ax.set_xlabel("key window (cyan: holds a motif)", fontsize=7)
+    ax.set_ylabel("query window", fontsize=7)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="attention")
+    return _finish(fig, Path(stem), title, 8)

@@ -23,6 +23,8 @@ TAG_ERROR = "hybridlens.error"  # the exception or divergence that ended a run
 TAG_NODE = "hybridlens.node_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+#: Prefix of the tag that records, per attribution method, why it cannot attribute the run's model.
+TAG_ATTR_NOT_SUPPORTED = "hybridlens.attr_not_supported."
 #: MLflow 3 records an experiment's kind in this tag; its UI (``ExperimentKind`` in MLflow's web app)
 #: shows "custom_model_development" as "Model training" and opens such an experiment on its runs.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"

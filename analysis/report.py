@@ -19,7 +19,9 @@ import pandas as pd
 
 from hybridlens.analysis import runs as mlruns
 from hybridlens.analysis.atomic import atomic_dir
+from hybridlens.analysis.attributions import DEFAULT_METHODS, MAX_SEQUENCES, parse_methods
 from hybridlens.analysis.errors import UserError
+from hybridlens.analysis.mlflow_layout import TAG_ATTR_NOT_SUPPORTED
 from hybridlens.analysis.motifs import ANALYSIS_RELEASE
 from hybridlens.analysis.selection import Selection, run_label, select_best
 from hybridlens.analysis.tasks import TASKS, TaskSpec
@@ -138,12 +140,18 @@ def logged_metric(name: str, ground_truth: str) -> str:
 
 
 def _log_run(c, run, metrics: dict[str, float], folder: Path | None) -> None:
-    """Metrics with a fixed timestamp and step (a rerun logs identical entries, which the store keeps
-    once) and the files of ``folder`` under the run's ``analysis/`` (overwritten on a rerun)."""
+    """Metrics at step 0, only those whose value differs from the run's latest (a rerun with the same
+    settings adds nothing; one with other settings adds a newer entry, which becomes the latest), and
+    the files of ``folder`` under the run's ``analysis/`` (overwritten on a rerun)."""
     from mlflow.entities import Metric
 
-    ts = int(run.info.end_time or run.info.start_time or 0)
-    c.log_batch(run.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    def same(old, new: float) -> bool:
+        return old is not None and (old == new or (np.isnan(old) and np.isnan(new)))
+
+    now = int(time.time() * 1000)
+    changed = [Metric(k, float(v), now, 0) for k, v in metrics.items() if not same(run.data.metrics.get(k), float(v))]
+    if changed:
+        c.log_batch(run.info.run_id, metrics=changed)
     if folder is not None:
         c.log_artifacts(run.info.run_id, str(folder), "analysis")
 
@@ -165,6 +173,11 @@ class _Shared:
     data: _Data = field(default_factory=_Data)
     gt: object = None
     database: list | None = None
+    attributions: tuple[str, ...] = DEFAULT_METHODS
+    max_sequences: int = MAX_SEQUENCES
+    echo: Echo = print
+    unsupported: dict = field(default_factory=dict)  # run id -> {method: reason}
+    attention_examples: dict = field(default_factory=dict)  # (architecture, activation) -> (label, map, windows)
 
 
 def analyze_run(run, shared: _Shared, tmp: Path) -> tuple[dict[str, float], Path | None, tuple | None]:
@@ -196,7 +209,38 @@ def analyze_run(run, shared: _Shared, tmp: Path) -> tuple[dict[str, float], Path
         pos = ds.test.y[:, 0] == 1
         scores = grad_times_input(model, ds.test.x[pos])
         metrics.update(summarize(saliency_metrics(scores, ds.test.model[pos])))
+    metrics.update(_attributions(run, model, ds, shared, is_best))
     return metrics, folder, best
+
+
+def _attributions(run, model, ds, shared: _Shared, is_best: bool) -> dict[str, float]:
+    """Every configured attribution method's scores and, for attention models, the attention scores;
+    methods an architecture does not support are recorded in ``shared.unsupported``."""
+    from hybridlens.analysis.attribution_scores import attention_maps, attention_scores, motif_windows, score_method
+    from hybridlens.analysis.attributions import NotSupported
+    from hybridlens.analysis.motifs import information_content
+
+    out: dict[str, float] = {}
+    for method in shared.attributions:
+        t0 = time.perf_counter()
+        try:
+            out.update(score_method(method, model, ds.test, shared.spec.name, max_sequences=shared.max_sequences))
+            shared.echo(
+                f"      {run_label(run)} {method}: AUROC {out[f'attr_{method}_auroc']:.3f} ({time.perf_counter() - t0:.0f} s)"
+            )
+        except NotSupported as e:
+            shared.unsupported.setdefault(run.info.run_id, {})[method] = str(e)
+            shared.echo(f"      {run_label(run)} {method}: not supported ({e})")
+    att = attention_scores(model, ds.test, shared.spec.name, max_sequences=shared.max_sequences)
+    out.update(att)
+    if att and is_best:  # an example map for the figure: the first test sequence with two motif windows
+        info = information_content(ds.test.model[:50], eps=1e-10)
+        maps = attention_maps(model, ds.test.x[:50])
+        windows = motif_windows(info, maps[-1].shape[-1])
+        i = int(np.argmax(windows.sum(axis=1) >= 2))
+        key = (run.data.params["architecture"], run.data.params["activation"])
+        shared.attention_examples[key] = (run_label(run), maps[-1][i], windows[i])
+    return out
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out: Path, caption: str) -> list[Path]:
@@ -229,6 +273,41 @@ def draw_figures(summary: pd.DataFrame, best_filters: dict, spec: TaskSpec, out:
     return files + filter_logos_many(jobs)
 
 
+def attribution_table(selected: pd.DataFrame, shared: _Shared) -> pd.DataFrame | None:
+    """One row per (method, architecture, activation): mean and std of the attribution AUROC, AUPR and
+    SNR over the selected runs, and a note where the method does not support the architecture."""
+    from hybridlens.analysis.stats import aggregate
+
+    arch_of = dict(zip(selected["run_id"], selected["architecture"]))
+    reasons = {(m, arch_of[r]): why for r, ms in shared.unsupported.items() if r in arch_of for m, why in ms.items()}
+    parts = []
+    for method in shared.attributions:
+        cols = [f"attr_{method}_{k}" for k in ("auroc", "aupr", "snr")]
+        t = aggregate(selected.reindex(columns=["architecture", "activation", *cols]), cols)
+        t = t.rename(columns=lambda c: c.replace(f"attr_{method}_", ""))
+        t.insert(0, "method", method)
+        t["note"] = [f"not supported: {reasons[(method, a)]}" if (method, a) in reasons else "" for a in t["architecture"]]
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def _attribution_figures(table: pd.DataFrame | None, shared: _Shared, out: Path, study: str) -> list[Path]:
+    from hybridlens.analysis.figures import attention_example, attribution_heatmap
+
+    files = []
+    if table is not None and len(table):
+        files += attribution_heatmap(
+            table, out / "attribution_auroc", title=f"{study}: attribution AUROC against the ground truth"
+        )
+    if shared.attention_examples:
+        key = sorted(shared.attention_examples, key=lambda k: (k[1] != "exp", k))[0]
+        label, weights, windows = shared.attention_examples[key]
+        files += attention_example(
+            weights, windows, out / "attention_example", title=f"{label}: attention (last layer, mean over heads)"
+        )
+    return files
+
+
 def publish(c, parent_run_id: str, files: list[Path]) -> None:
     """Log the study's tables, figures and ``analysis.json`` on its parent run, under ``analysis/``."""
     for f in files:
@@ -258,6 +337,8 @@ def analyze_study(
     out_dir: str | Path | None = None,
     release: str = ANALYSIS_RELEASE,
     ground_truth: str = "base_ids",
+    attributions: tuple[str, ...] | list[str] = DEFAULT_METHODS,
+    max_sequences: int = MAX_SEQUENCES,
     device: str | None = None,
     echo: Echo = print,
 ) -> AnalysisResult:
@@ -268,6 +349,9 @@ def analyze_study(
     runs per configuration, tests exp against relu per architecture over seeds, draws the figures,
     and writes the tables and figures to ``out_dir`` and to the parent run (``analysis/``).
     ``ground_truth`` picks the rule for a ground-truth hit (:data:`analysis.ground_truth.GROUND_TRUTH_RULES`).
+    ``attributions`` are the attribution methods scored on every run (:mod:`.attribution_scores`), on
+    at most ``max_sequences`` test sequences (per class on Task 1); attention models also get their
+    attention scores.
     Runs that cannot be analysed are skipped with their reason; the others still are.
     """
     import torch
@@ -297,6 +381,9 @@ def analyze_study(
         ground_truth,
         release,
         best_ids={rs[0].info.run_id: key for key, rs in sel.chosen.items()},
+        attributions=parse_methods(attributions),
+        max_sequences=max_sequences,
+        echo=echo,
     )
     selected_ids = {r.info.run_id for rs in sel.chosen.values() for r in rs}
     rows, best_filters = [], {}
@@ -311,6 +398,8 @@ def analyze_study(
                 echo(f"  [{i}/{len(sel.usable)}] {label}: skipped: {e}")
                 continue
             _log_run(c, run, {logged_metric(k, ground_truth): v for k, v in metrics.items()}, folder)
+            for method, reason in shared.unsupported.get(run.info.run_id, {}).items():
+                c.set_tag(run.info.run_id, f"{TAG_ATTR_NOT_SUPPORTED}{method}", reason)
             if best is not None:
                 best_filters[shared.best_ids[run.info.run_id]] = best
             p, m = run.data.params, run.data.metrics
@@ -325,7 +414,7 @@ def analyze_study(
                     **metrics,
                 }
             )
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if not k.startswith(("attr_", "attn_auroc_l")))
             echo(f"  [{i}/{len(sel.usable)}] {label}: {shown}")
         if not rows:
             raise UserError(f"no run of study {study!r} could be analysed ({len(skipped)} skipped)")
@@ -356,10 +445,18 @@ def analyze_study(
         # all or nothing: tables, figures and analysis.json are written to a fresh folder that then
         # replaces the old one; the parent run gets them only after that
         with atomic_dir(out) as staging:
-            written = write_tables({"per_run": per_run, "summary": summary, "paired_exp_vs_relu": paired}, staging, caption)
+            tables = {"per_run": per_run, "summary": summary, "paired_exp_vs_relu": paired}
+            attr_table = attribution_table(per_run[per_run["selected"]], shared)
+            if attr_table is not None:
+                tables["attributions"] = attr_table
+            if "attn_auroc" in per_run:
+                att_cols = [k for k in ("attn_auroc", "attn_motif_mass_ratio") if k in per_run]
+                tables["attention"] = aggregate(per_run[per_run["selected"]].dropna(subset=["attn_auroc"]), att_cols)
+            written = write_tables(tables, staging, caption)
             written += draw_figures(
                 summary, best_filters, spec, staging, f"{study}: exp vs relu ({sel.best_of()} per configuration)", echo
             )
+            written += _attribution_figures(attr_table, shared, staging, study)
             (staging / "analysis.json").write_text(json.dumps(meta, indent=2))
             written.append(staging / "analysis.json")
         files = [out / f.relative_to(staging) for f in written]

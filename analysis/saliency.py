@@ -81,21 +81,26 @@ def saliency_metrics(scores: np.ndarray, pwm: np.ndarray, *, threshold: float = 
     if scores.ndim != 2 or pwm.shape[0] != scores.shape[0] or pwm.shape[2] != scores.shape[1]:
         raise ValueError(f"scores {scores.shape} do not match ground-truth PWMs {pwm.shape} (expected (N, L) and (N, 4, L))")
     info = information_content(pwm, eps=1e-10)  # (N, L)
+    return position_metrics(scores, info > threshold, info == info.min(axis=1, keepdims=True), top_k=top_k)
+
+
+def position_metrics(scores: np.ndarray, motif: np.ndarray, background: np.ndarray, *, top_k: int = 20) -> dict[str, np.ndarray]:
+    """Per-sequence AUROC, AUPR and SNR of ``scores`` ``(N, L)`` at ``motif`` positions against
+    ``background`` positions (boolean ``(N, L)`` masks; a position in neither is left out), as
+    :func:`saliency_metrics` defines them."""
     n = scores.shape[0]
     auroc, aupr, snr = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n)
     for i in range(n):
-        motif = info[i] > threshold
-        background = info[i] == info[i].min()
-        keep = motif | background
-        auroc[i], aupr[i] = _auc_scores(scores[i, keep], motif[keep])
-        noise = scores[i, background & ~motif]
+        keep = motif[i] | background[i]
+        auroc[i], aupr[i] = _auc_scores(scores[i, keep], motif[i, keep])
+        noise = scores[i, background[i] & ~motif[i]]
         noise = noise[noise > 0]
-        if noise.size >= top_k and motif.any():
+        if noise.size >= top_k and motif[i].any():
             top = np.sort(noise)[-top_k:]
-            snr[i] = scores[i, motif].mean() / top.mean()
+            snr[i] = scores[i, motif[i]].mean() / top.mean()
     return {"auroc": auroc, "aupr": aupr, "snr": snr}
 
 
-def summarize(per_sequence: dict[str, np.ndarray]) -> dict[str, float]:
-    """Means over sequences: ``saliency_auroc``, ``saliency_aupr``, ``saliency_snr``."""
-    return {f"saliency_{k}": float(np.nanmean(v)) for k, v in per_sequence.items()}
+def summarize(per_sequence: dict[str, np.ndarray], prefix: str = "saliency_") -> dict[str, float]:
+    """Means over sequences: ``saliency_auroc``, ``saliency_aupr``, ``saliency_snr`` (or ``prefix``...)."""
+    return {f"{prefix}{k}": float(np.nanmean(v)) for k, v in per_sequence.items()}

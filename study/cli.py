@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from hybridlens.analysis.attributions import DEFAULT_METHODS as DEFAULT_ATTRIBUTIONS
+from hybridlens.analysis.attributions import MAX_SEQUENCES
 from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.tasks import TASKS
 from hybridlens.study.launches import DEFAULT_WORKDIR
@@ -202,8 +204,18 @@ def analyze_cmd(
         help="What counts as a ground-truth hit: base_ids (any version of the TFs' JASPAR IDs) or reference_lists (the released code's lists).",
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for tables and figures; default: WORKDIR/analysis/STUDY."),
+    attributions: str = typer.Option(
+        ",".join(DEFAULT_ATTRIBUTIONS),
+        "--attributions",
+        help="Attribution methods to score, comma-separated: saliency, saliency_corrected, smoothgrad, "
+        "integrated_gradients, deep_lift_shap, ism.",
+    ),
+    max_sequences: int = typer.Option(
+        MAX_SEQUENCES, "--max-sequences", min=1, help="Test sequences attributed per run and method (per class on Task 1)."
+    ),
 ) -> None:
     """Analyse a study from MLflow alone: filter TPR/FPR (Task 1) or saliency (Task 2), tables, figures."""
+    from hybridlens.analysis.attributions import parse_methods
     from hybridlens.analysis.report import analyze_study
     from hybridlens.analysis.runs import check_tracking_uri, sqlite_uri
 
@@ -223,6 +235,8 @@ def analyze_cmd(
         top_k=top_k,
         rank_on=rank_on,
         ground_truth=ground_truth,
+        attributions=parse_methods(attributions),
+        max_sequences=max_sequences,
         out_dir=out or workdir / "analysis" / study,
         echo=echo,
     )

@@ -15,6 +15,7 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hybridlens.analysis.attributions import DEFAULT_METHODS, MAX_SEQUENCES, METHODS
 from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
 from hybridlens.analysis.tasks import TASKS
@@ -151,6 +152,8 @@ class AnalysisSection(_Strict):
     top_k: Optional[int] = Field(default=None, ge=1)  # task default when omitted
     rank_on: Literal["valid", "test"] = "valid"
     ground_truth: Literal[GROUND_TRUTH_RULES] = "base_ids"
+    attributions: list[Literal[METHODS]] = Field(default_factory=lambda: list(DEFAULT_METHODS))
+    max_sequences: int = Field(default=MAX_SEQUENCES, ge=1)  # per run and method (per class on Task 1)
 
 
 class Fault(_Strict):

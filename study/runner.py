@@ -175,6 +175,8 @@ def _analyze(summary: LaunchSummary, cfg: StudyConfig, analyze: bool, echo: Echo
             top_k=cfg.analysis.top_k,
             rank_on=cfg.analysis.rank_on,
             ground_truth=cfg.analysis.ground_truth,
+            attributions=cfg.analysis.attributions,
+            max_sequences=cfg.analysis.max_sequences,
             out_dir=Path(launch.workdir) / "analysis" / cfg.name,
             echo=echo,
         )

@@ -149,9 +149,19 @@ def test_bad_input_is_one_line(task1, args, message):
 
 
 def test_task2_saliency_end_to_end(tmp_path):
-    work, summary = _study(tmp_path, "task2", ["C4"])  # a BiLSTM: the backward pass runs without cuDNN
+    # C4: a BiLSTM (the backward pass runs without cuDNN); C4-Att: attention maps
+    work, summary = _study(tmp_path, "task2", ["C4", "C4-Att"])
     res = summary.analysis
     assert set(res.per_run.columns) >= {"saliency_auroc", "saliency_aupr", "saliency_snr", "test_auroc"}
+    # the default attribution methods; 'saliency' is the paper's saliency, computed a second way
+    pd.testing.assert_series_equal(res.per_run["attr_saliency_auroc"], res.per_run["saliency_auroc"], check_names=False)
+    assert ((res.per_run["attr_saliency_corrected_auroc"] >= 0) & (res.per_run["attr_saliency_corrected_auroc"] <= 1)).all()
+    out = work / "analysis" / "tiny-task2"
+    att = pd.read_csv(out / "attention.csv")
+    assert att["architecture"].tolist() == ["C4-Att", "C4-Att"] and att["attn_auroc_mean"].between(0, 1).all()
+    assert (out / "attention_example.png").is_file() and (out / "attribution_auroc.png").is_file()
+    attr = pd.read_csv(out / "attributions.csv")
+    assert sorted(set(attr["method"])) == ["saliency", "saliency_corrected"] and len(attr) == 8
     assert ((res.per_run["saliency_auroc"] >= 0) & (res.per_run["saliency_auroc"] <= 1)).all()
     out = work / "analysis" / "tiny-task2"
     assert (out / "fig3_task2.png").is_file() and (out / "logos_C4_exp.png").is_file()
@@ -233,3 +243,31 @@ def test_an_interrupted_analysis_leaves_the_previous_outputs_as_they_were(task1)
     assert "Traceback" not in err
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_attributions_on_request_and_a_rerun_adds_no_duplicates(task1):
+    """Task 1: attributions per class, scored on each class's own motif; ISM on request; the table,
+    the heat map; analysing twice leaves one value per metric on every run."""
+    work, summary = task1
+    launch = summary.launch
+    args = ["analyze", "--study", "tiny-task1", "--workdir", str(work), "--out", str(work / "an4"),
+            "--attributions", "saliency,saliency_corrected,ism", "--max-sequences", "3"]  # fmt: skip
+    c = client(launch.tracking_uri)
+    runs = child_runs(c, launch.experiment_id, launch.parent_run_id)
+    keys = ("attr_ism_auroc", "attr_saliency_auroc", "attr_saliency_corrected_snr", "tpr")
+    history = []
+    for _ in range(2):
+        r = _cli(*args)
+        assert r.returncode == 0, r.stderr
+        history.append({(run.info.run_id, k): len(c.get_metric_history(run.info.run_id, k)) for run in runs for k in keys})
+    assert history[0] == history[1]  # the second, identical analysis logged nothing new
+    assert all(n == 1 for (_, k), n in history[1].items() if k in ("attr_ism_auroc", "tpr"))
+    assert "C24-exp-s0 ism: AUROC" in r.stderr
+    out = work / "an4"
+    attr = pd.read_csv(out / "attributions.csv")
+    assert sorted(set(attr["method"])) == ["ism", "saliency", "saliency_corrected"] and len(attr) == 12
+    assert attr["auroc_mean"].between(0, 1).all() and (attr["runs"] == 1).all()
+    assert (out / "attribution_auroc.png").is_file() and (out / "attributions.md").read_text().startswith("Study tiny-task1")
+    per_run = pd.read_csv(out / "per_run.csv").set_index("run_id")
+    for run in child_runs(c, launch.experiment_id, launch.parent_run_id):  # the latest values: this analysis's
+        assert run.data.metrics["attr_saliency_auroc"] == pytest.approx(per_run.loc[run.info.run_id, "attr_saliency_auroc"])

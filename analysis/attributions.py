@@ -1,0 +1,224 @@
+"""Attribution methods with one signature, ``method(model, x, target) -> (N, 4, L)`` scores (SPEC.md
+"Attribution methods"), and which of them an architecture supports.
+
+- ``saliency``: the paper's grad x input of the target's *probability* (``sigmoid(logit)``), as
+  :func:`~hybridlens.analysis.saliency.grad_times_input` (which sums it over nucleotides).
+- ``saliency_corrected``: Majdandzic, Rajesh & Koo (2023): the gradient's component orthogonal to the
+  one-hot simplex is removed (at each position, the mean gradient over the 4 nucleotides is
+  subtracted) before multiplying by the input.
+- ``smoothgrad``: the gradient averaged over ``samples`` copies of the input with Gaussian noise of
+  standard deviation ``noise`` (the one-hot range is 1), times the input.
+- ``integrated_gradients``: captum's, on the target's logit, from a baseline of uniform 0.25 or a
+  dinucleotide-shuffled copy of each sequence (tangermeme's shuffle).
+- ``deep_lift_shap``: tangermeme's DeepLIFT/SHAP on the target's logit, against dinucleotide-shuffled
+  references. Its rules are defined per module (ReLU, our ``Exp``, max-pooling, ...); there is none
+  for an LSTM or for attention's softmax over positions, so architectures with either are *not
+  supported* (:func:`unsupported_reason`) rather than attributed wrongly.
+- ``ism``: tangermeme's saturation mutagenesis on the target's logit: for each position, the change of
+  the output for each substitution, centred over the 4 nucleotides, at the observed base.
+
+The gradient methods run with cuDNN off (it refuses the backward pass through an LSTM in eval mode).
+Everything runs on the model's device, in batches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch loads when a method runs, so the CLI can name the defaults without it
+    import torch
+
+#: Every method, in the order tables and figures list them.
+METHODS = ("saliency", "saliency_corrected", "smoothgrad", "integrated_gradients", "deep_lift_shap", "ism")
+#: The study's default: the paper's saliency and its correction (cheap enough for the quick study).
+DEFAULT_METHODS = ("saliency", "saliency_corrected")
+#: Test sequences attributed per run and method (Task 2), or per class (Task 1), by default.
+MAX_SEQUENCES = 200
+
+
+class NotSupported(ValueError):
+    """The method cannot attribute this architecture; the message says why."""
+
+
+def unsupported_reason(method: str, model: torch.nn.Module) -> str | None:
+    """Why ``method`` cannot attribute ``model``, or None when it can."""
+    import torch
+
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "deep_lift_shap":
+        from hybridlens.models.blocks import MultiHeadAttention, TransformerBlock
+
+        kinds = {type(m) for m in model.modules()}
+        missing = []
+        if torch.nn.LSTM in kinds:
+            missing.append("the BiLSTM")
+        if kinds & {MultiHeadAttention, TransformerBlock, torch.nn.MultiheadAttention}:
+            missing.append("attention (a softmax over positions)")
+        if missing:
+            return f"no DeepLIFT rule for {' or '.join(missing)} in tangermeme"
+    return None
+
+
+def _as_tensor(model: torch.nn.Module, x) -> tuple[torch.Tensor, torch.device]:
+    import torch
+
+    device = next(model.parameters()).device
+    return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32), device
+
+
+def _gradients(model, x: torch.Tensor, target: int, *, probability: bool, batch_size: int) -> torch.Tensor:
+    """d output[:, target] / d x ``(N, 4, L)`` on the CPU (output: the probability or the logit)."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.backends.cudnn.flags(enabled=False):
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].to(device).requires_grad_(True)
+            y = model(xb)[:, target]
+            if probability:
+                y = torch.sigmoid(y)
+            (grad,) = torch.autograd.grad(y.sum(), xb)
+            out.append(grad.detach().cpu())
+    return torch.cat(out)
+
+
+def saliency(model, x, target: int = 0, *, batch_size: int = 128) -> np.ndarray:
+    """Grad x input of ``sigmoid(model(x))[:, target]``: ``(N, 4, L)``."""
+
+    model.eval()
+    x, _ = _as_tensor(model, x)
+    return (_gradients(model, x, target, probability=True, batch_size=batch_size) * x).numpy()
+
+
+def saliency_corrected(model, x, target: int = 0, *, batch_size: int = 128) -> np.ndarray:
+    """Saliency with the gradient correction: ``(g - mean_over_nucleotides(g)) * x``, ``(N, 4, L)``."""
+
+    model.eval()
+    x, _ = _as_tensor(model, x)
+    g = _gradients(model, x, target, probability=True, batch_size=batch_size)
+    return ((g - g.mean(dim=1, keepdim=True)) * x).numpy()
+
+
+def smoothgrad(
+    model, x, target: int = 0, *, noise: float = 0.1, samples: int = 20, seed: int = 0, batch_size: int = 128
+) -> np.ndarray:
+    """SmoothGrad x input: the probability's gradient averaged over ``samples`` noisy copies
+    (``x + N(0, noise^2)``), times the input; ``(N, 4, L)``."""
+    import torch
+
+    model.eval()
+    x, _ = _as_tensor(model, x)
+    gen = torch.Generator().manual_seed(seed)
+    total = torch.zeros_like(x)
+    for _ in range(samples):
+        noisy = x + noise * torch.randn(x.shape, generator=gen)
+        total += _gradients(model, noisy, target, probability=True, batch_size=batch_size)
+    return (total / samples * x).numpy()
+
+
+def integrated_gradients(
+    model, x, target: int = 0, *, baseline: str = "uniform", steps: int = 32, seed: int = 0, batch_size: int = 64
+) -> np.ndarray:
+    """Integrated gradients of the logit (captum), from ``baseline`` ``"uniform"`` (0.25 everywhere) or
+    ``"shuffle"`` (a dinucleotide shuffle of each sequence); ``(N, 4, L)``."""
+    import torch
+    from captum.attr import IntegratedGradients
+
+    model.eval()
+    x, device = _as_tensor(model, x)
+    if baseline == "uniform":
+        base = torch.full_like(x, 0.25)
+    elif baseline == "shuffle":
+        from tangermeme.ersatz import dinucleotide_shuffle
+
+        base = dinucleotide_shuffle(x, n=1, random_state=seed)[:, 0].float()
+    else:
+        raise ValueError(f"unknown baseline {baseline!r}; choose uniform or shuffle")
+    ig = IntegratedGradients(model)
+    out = []
+    with torch.backends.cudnn.flags(enabled=False):
+        for i in range(0, len(x), batch_size):
+            xb, bb = x[i : i + batch_size].to(device), base[i : i + batch_size].to(device)
+            out.append(ig.attribute(xb, baselines=bb, target=target, n_steps=steps).detach().cpu())
+    return torch.cat(out).numpy()
+
+
+def deep_lift_shap(model, x, target: int = 0, *, n_shuffles: int = 20, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+    """tangermeme's DeepLIFT/SHAP of the logit against ``n_shuffles`` dinucleotide shuffles; ``(N, 4, L)``.
+    Raises :class:`NotSupported` for architectures with a BiLSTM or attention."""
+
+    from tangermeme.deep_lift_shap import _nonlinear
+    from tangermeme.deep_lift_shap import deep_lift_shap as dls
+
+    from hybridlens.models.blocks import Exp
+
+    reason = unsupported_reason("deep_lift_shap", model)
+    if reason:
+        raise NotSupported(reason)
+    model.eval()
+    x, device = _as_tensor(model, x)
+    attr = dls(
+        model,
+        x,
+        target=target,
+        n_shuffles=n_shuffles,
+        random_state=seed,
+        batch_size=batch_size,
+        additional_nonlinear_ops={Exp: _nonlinear},  # exp(x): the generic rule (delta out / delta in)
+        device=device,
+        warning_threshold=1e-3,
+        only_warn=True,
+    )
+    return attr.detach().cpu().numpy()
+
+
+def ism(model, x, target: int = 0, *, batch_size: int = 128) -> np.ndarray:
+    """tangermeme's saturation mutagenesis of the logit, centred over the 4 nucleotides at each
+    position, at the observed base; ``(N, 4, L)``."""
+    import torch
+    from tangermeme.saturation_mutagenesis import saturation_mutagenesis
+
+    model.eval()
+    x, device = _as_tensor(model, x)
+    with torch.backends.cudnn.flags(enabled=False):
+        attr = saturation_mutagenesis(model, x, target=target, batch_size=batch_size, device=device, fast=False)
+    return attr.detach().cpu().numpy()
+
+
+_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
+    "saliency": saliency,
+    "saliency_corrected": saliency_corrected,
+    "smoothgrad": smoothgrad,
+    "integrated_gradients": integrated_gradients,
+    "deep_lift_shap": deep_lift_shap,
+    "ism": ism,
+}
+
+
+def attribute(method: str, model: torch.nn.Module, x, target: int = 0, **kwargs) -> np.ndarray:
+    """Scores ``(N, 4, L)`` of ``method`` for output ``target`` of ``model`` on one-hot ``x`` ``(N, 4, L)``.
+
+    Raises
+    ------
+    NotSupported
+        When the method has no rules for a part of the architecture (:func:`unsupported_reason`).
+    """
+    reason = unsupported_reason(method, model)
+    if reason:
+        raise NotSupported(reason)
+    return _FUNCTIONS[method](model, x, target, **kwargs)
+
+
+def parse_methods(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"saliency,ism"`` (or a list) -> the methods, checked; one line naming the choices otherwise."""
+    from hybridlens.analysis.errors import UserError
+
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if bad or not names:
+        raise UserError(f"unknown attribution method {bad[0] if bad else '(none)'!r}; choose from {', '.join(METHODS)}")
+    return tuple(dict.fromkeys(names))
