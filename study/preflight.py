@@ -61,21 +61,26 @@ def check_resources(cfg: StudyConfig, ray_address: str | None, *, smoke_test: bo
 MAX_CELLS_UNCONFIRMED = 10_000
 
 
-def check_grid_size(cfg: StudyConfig, *, yes: bool, echo: Echo) -> None:
-    """Print the grid's size for every launch; refuse one above :data:`MAX_CELLS_UNCONFIRMED` cells
-    unless ``yes``."""
+def grid_size_line(cfg: StudyConfig) -> str:
+    """The launch's size, printed once pre-flight has passed: cells, their factors, trials, epochs."""
     g = cfg.grid
-    n_arch, n_act, n_seeds = len(g.architecture_names()), len(g.activations), len(g.seeds)
     cells, trials, per = cfg.num_cells(), cfg.num_packs(), cfg.resources.models_per_trial
-    echo(
-        f"study {cfg.name}: {cells:,} grid cells ({n_arch} architectures x {n_act} activations x {n_seeds:,} seeds)"
+    return (
+        f"study {cfg.name}: {cells:,} grid cells ({len(g.architecture_names())} architectures x "
+        f"{len(g.activations)} activations x {len(g.seeds):,} seeds)"
         + (f" in {trials:,} trials of up to {per} models" if per > 1 else "")
         + f", {cfg.train.epochs} epochs max"
     )
-    if cells > MAX_CELLS_UNCONFIRMED and not yes:
+
+
+def check_grid_size(cfg: StudyConfig, *, yes: bool) -> None:
+    """Refuse a grid above :data:`MAX_CELLS_UNCONFIRMED` cells unless ``yes``."""
+    if cfg.num_cells() > MAX_CELLS_UNCONFIRMED and not yes:
+        g = cfg.grid
         raise UserError(
-            f"the grid has {cells:,} cells (more than {MAX_CELLS_UNCONFIRMED:,}); check grid.seeds and grid.architectures, "
-            "or pass --yes to launch it"
+            f"the grid has {cfg.num_cells():,} cells ({len(g.architecture_names())} architectures x "
+            f"{len(g.activations)} activations x {len(g.seeds):,} seeds), more than {MAX_CELLS_UNCONFIRMED:,}; "
+            "check grid.seeds and grid.architectures, or pass --yes to launch it"
         )
 
 

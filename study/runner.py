@@ -32,7 +32,14 @@ from hybridlens.study.launches import (
     state_path,
     store_init_lock,
 )
-from hybridlens.study.preflight import check_data_path, check_grid_size, check_ray_address, check_resources, prepare_dataset
+from hybridlens.study.preflight import (
+    check_data_path,
+    check_grid_size,
+    check_ray_address,
+    check_resources,
+    grid_size_line,
+    prepare_dataset,
+)
 
 
 def _sha256(path: Path) -> str:
@@ -56,7 +63,7 @@ def run_study(
     cfg = load_config(config_path)
     if smoke_test:
         cfg = cfg.smoke()
-    check_grid_size(cfg, yes=yes, echo=echo)
+    check_grid_size(cfg, yes=yes)
     cfg = check_resources(cfg, ray_address, smoke_test=smoke_test, echo=echo)
     workdir = Path(workdir).expanduser().resolve()
     if not workdir.parent.is_dir():
@@ -72,6 +79,7 @@ def run_study(
     workdir.mkdir(exist_ok=True)
     (workdir / "studies").mkdir(exist_ok=True)
     with StudyLock(workdir, cfg.name):  # one launch of a study at a time, before MLflow and Ray
+        echo(grid_size_line(cfg))
         data_path = prepare_dataset(cfg, workdir, explicit_data, echo)
         mlruns.check_writable(uri)
         try:
