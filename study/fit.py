@@ -30,6 +30,7 @@ def _init_ray(cfg: StudyConfig, address: str | None) -> None:
         ray.init(address=address, **common)
     else:
         ray.init(
+            address="local",  # a Ray of our own: never join another process's local Ray on this machine
             num_cpus=cfg.ray.num_cpus,
             object_store_memory=cfg.ray.object_store_memory_mb * 1024 * 1024,
             **common,

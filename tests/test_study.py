@@ -752,3 +752,20 @@ def test_a_read_only_workdir_or_store_is_one_line(data_file, what):
         assert "Traceback" not in r.stderr
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_study_starts_its_own_ray_beside_a_running_ray_cluster(tmp_path, data_file):
+    """A Ray cluster is up on this machine (started like 'ray start --head', as ray.cluster_utils does,
+    or by another tool): a study without --ray-address starts its own Ray rather than joining it
+    (joining failed with a traceback: 'When connecting to an existing cluster, object_store_memory must
+    not be provided'); the cluster is left running."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "object_store_memory": 80 * 1024**2})
+    try:
+        cfg = write_config(tmp_path, data_file, grid={"architectures": ["C24"], "activations": ["relu"]}, train={"epochs": 1})
+        r = _run_cli("study", cfg, "--workdir", tmp_path / "work", "--no-analyze")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert not cluster.head_node.dead_processes()  # left running
+    finally:
+        cluster.shutdown()
