@@ -227,6 +227,9 @@ def test_an_interrupted_analysis_leaves_the_previous_outputs_as_they_were(task1)
         [sys.executable, "-m", "hybridlens.study.cli", "analyze", "--study", "tiny-task1", "--workdir", str(work)],
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a process inherits an ignored SIGINT (earlier tests of this session may
+        # leave this one's ignored), and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     for line in proc.stderr:  # interrupt once the first run has been analysed
