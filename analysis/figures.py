@@ -166,7 +166,7 @@ def attribution_heatmap(table: pd.DataFrame, stem: str | Path, *, title: str = "
     archs = sorted(set(table["architecture"]), key=lambda a: list(GRID).index(a) if a in GRID else len(GRID))
     acts = [a for a in ("exp", "relu") if a in set(table["activation"])]
     fig, axes = plt.subplots(1, len(acts), figsize=(0.9 * len(archs) * len(acts) + 2.5, 0.55 * len(methods) + 1.8), squeeze=False)
-    for ax, act in zip(axes[0], acts):
+    for k, (ax, act) in enumerate(zip(axes[0], acts)):
         grid = np.full((len(methods), len(archs)), np.nan)
         sub = table[table["activation"] == act]
         for _, r in sub.iterrows():
@@ -178,7 +178,7 @@ def attribution_heatmap(table: pd.DataFrame, stem: str | Path, *, title: str = "
                 ax.text(j, i, "n/s" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6,
                         color="black" if np.isnan(v) or v > 0.8 else "white")  # fmt: skip
         ax.set_xticks(range(len(archs)), archs, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(len(methods)), methods, fontsize=7)
+        ax.set_yticks(range(len(methods)), methods if k == 0 else [], fontsize=7)  # one set of labels, left
         ax.set_title(act, fontsize=9)
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label=f"attribution {metric.replace('_mean', '').upper()}")
     fig.suptitle(title, fontsize=9)
