@@ -27,7 +27,7 @@ from torch import nn
 from hybridlens.analysis.classification import classification_metrics_torch
 from hybridlens.analysis.datasets import Dataset
 from hybridlens.analysis.tasks import TASKS
-from hybridlens.study.train_step import TrainStep, make_adam, normalise_optimizer, set_lr
+from hybridlens.study.train_step import TrainStep, graphs_disabled, make_adam, normalise_optimizer, set_lr
 
 MONITORS = ("val_auroc", "val_aupr", "val_loss")
 
@@ -116,6 +116,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_rng_state(state: torch.Tensor) -> torch.Tensor:
+    """A random-number generator state as ``set_state``/``set_rng_state`` take it: a CPU byte tensor
+    (``torch.load(..., map_location="cuda")`` moves every tensor of a checkpoint to the GPU, these too)."""
+    return state.to(device="cpu", dtype=torch.uint8)
+
+
 class TensorData:
     """A dataset's splits as float32 tensors on one device: ``x`` ``(N, 4, L)``, ``y`` ``(N, T)``."""
 
@@ -140,9 +146,8 @@ class Trainer:
         self.data, self.config = data, config
         self.loss_fn = nn.BCEWithLogitsLoss()
         # on a GPU the step is a CUDA graph: Adam keeps its state and its rate on the device
-        self.capturable = config.cuda_graph and data.device.type == "cuda"
         self.optimizer = make_adam(
-            model.parameters(), lr=config.lr, eps=config.adam_eps, capturable=self.capturable, device=data.device
+            model.parameters(), lr=config.lr, eps=config.adam_eps, capturable=self._graph_wanted(), device=data.device
         )
         self._train_step: TrainStep | None = None  # built at the first epoch (after any load_state_dict)
         self.plateau = KerasPlateau(
@@ -161,7 +166,18 @@ class Trainer:
         self.bad_epochs = 0
         self.stopped_early = False
 
+    def _graph_wanted(self) -> bool:
+        """Whether this trainer's step should be a CUDA graph: on a GPU, with ``train.cuda_graph``, in a
+        process where no capture has failed."""
+        return self.config.cuda_graph and self.data.device.type == "cuda" and graphs_disabled() is None
+
     # ------------------------------------------------------------------------------------- epochs
+    @property
+    def train_path(self) -> tuple[str, str | None]:
+        """How this trainer trains: ``cuda-graph``, ``cuda-eager`` (with the reason) or ``cpu``
+        (:attr:`TrainStep.path`)."""
+        return self.train_step().path
+
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -175,7 +191,7 @@ class Trainer:
         if self._train_step is None:
             x, y = self.data.splits["train"]
             self._train_step = TrainStep(
-                self.model, self.loss_fn, self.optimizer, x, y, self.config.batch_size, graph=self.capturable
+                self.model, self.loss_fn, self.optimizer, x, y, self.config.batch_size, graph=self.config.cuda_graph
             )
         return self._train_step
 
@@ -275,12 +291,14 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`, on this trainer's device whatever device wrote it or the
+        checkpoint was loaded for (random states are CPU byte tensors, moved back there if need be)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        normalise_optimizer(self.optimizer, capturable=self.capturable, device=self.data.device)
+        normalise_optimizer(self.optimizer, capturable=self._graph_wanted(), device=self.data.device)
         self._train_step = None  # a graph would hold the replaced optimizer state: capture again
         self.plateau.load_state_dict(state["plateau"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(cpu_rng_state(state["generator"]))
+        torch.set_rng_state(cpu_rng_state(state["torch_rng"]))
         for k in ("epoch", "best_value", "best_epoch", "best_state", "bad_epochs", "stopped_early"):
             setattr(self, k, state[k])

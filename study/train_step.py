@@ -20,14 +20,24 @@ What makes the graph replayable:
 - **The last, smaller batch** of an epoch runs eagerly on the same parameters, optimizer and
   accumulators: it is trained, never dropped.
 
-If capture fails (an operation CUDA graphs cannot record, an old driver), the step says so in one log
-line and runs eagerly from then on. On the CPU there is nothing to capture: the step is eager, and it
-is exactly the loop the trainer always ran (same operations, same order).
+If capture fails (an operation CUDA graphs cannot record, an old driver), the step trains eagerly
+from then on, with Adam back in its plain form, and :attr:`TrainStep.path` says why. A failed capture
+can leave the CUDA caching allocator or the driver in a state where later captures in the process fail
+or misbehave, so after one failure nothing in the process captures again (:func:`graphs_disabled`;
+one log line says so, the first time). The capture itself is :func:`capture`: unlike
+``torch.cuda.graph``, whose ``__exit__`` ends the capture before it puts the stream back (so a failed
+capture leaves the thread on the capture stream and replaces the original error with "operation
+failed due to a previous error during capture"), it always restores the stream, ends the allocator's
+routing into the graph's memory pool, and raises the error that broke the capture.
+
+On the CPU there is nothing to capture: the step is eager, and it is exactly the loop the trainer
+always ran (same operations, same order).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 from torch import nn
@@ -36,6 +46,76 @@ log = logging.getLogger(__name__)
 
 #: Eager iterations on a side stream before capture (PyTorch's whole-network capture example uses 3).
 WARMUP_STEPS = 3
+
+#: The training paths a run records (tag ``hybridlens.train_path``).
+PATH_GRAPH, PATH_EAGER, PATH_CPU = "cuda-graph", "cuda-eager", "cpu"
+
+_capture_failure: str | None = None  # the first capture failure in this process, if any
+
+
+def graphs_disabled() -> str | None:
+    """Why nothing in this process captures CUDA graphs any more (an earlier capture failed), or None."""
+    return _capture_failure
+
+
+def _disable_graphs(reason: str) -> None:
+    global _capture_failure
+    if _capture_failure is None:
+        _capture_failure = reason
+        log.warning("CUDA graph capture failed (%s); this process trains eagerly from now on", reason)
+
+
+def describe(e: BaseException) -> str:
+    """``Type: first line of the message``: a one-line reason."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def capture(fn: Callable[[], None], device: torch.device) -> torch.cuda.CUDAGraph:
+    """Capture ``fn()`` as a CUDA graph on a side stream of ``device`` (capture mode ``thread_local``:
+    Ray runs the trainable beside threads of its own) and return it.
+
+    If ``fn`` or the end of the capture fails, the error that broke the capture is raised, with the
+    thread back on the stream it was on and the caching allocator no longer routing this thread's
+    allocations into the graph's private pool (which is released). ``torch.cuda.graph`` does neither
+    on a failure (its ``__exit__`` calls ``capture_end`` first, which raises).
+    """
+    graph = torch.cuda.CUDAGraph()
+    pool = torch.cuda.graph_pool_handle()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.synchronize(device)
+    with torch.cuda.device(index), torch.cuda.stream(torch.cuda.Stream(device)):  # the stream is put back on any exit
+        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+        try:
+            fn()
+        except BaseException:
+            _abandon(graph, pool, index)
+            raise
+        try:
+            graph.capture_end()
+        except BaseException:
+            _release(pool, index)
+            raise
+    return graph
+
+
+def _abandon(graph: torch.cuda.CUDAGraph, pool, index: int) -> None:
+    """End a capture whose body failed, keeping quiet about what ending it raises (the body's error is
+    the one worth reporting), and release the pool when ``capture_end`` could not."""
+    try:
+        graph.capture_end()  # ends the capture and the pool routing when it succeeds; the graph owns the pool
+        return
+    except Exception:  # noqa: BLE001 - an invalidated capture: cudaStreamEndCapture fails before the pool is ended
+        pass
+    _release(pool, index)
+
+
+def _release(pool, index: int) -> None:
+    for end in (torch._C._cuda_endAllocateToPool, torch._C._cuda_releasePool):
+        try:
+            end(index, pool)
+        except Exception:  # noqa: BLE001 - already ended (or never begun): nothing to undo
+            pass
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -56,8 +136,9 @@ def make_adam(params, *, lr: float, eps: float, capturable: bool, device: torch.
 
 
 def normalise_optimizer(optimizer: torch.optim.Adam, *, capturable: bool, device: torch.device) -> None:
-    """After ``load_state_dict``: make the loaded groups and state fit this optimizer's mode, whatever
-    mode wrote the checkpoint (a GPU checkpoint resumed on a CPU, or the other way round)."""
+    """Make the optimizer's groups and state fit one mode, whatever mode wrote them: after
+    ``load_state_dict`` (a GPU checkpoint resumed on a CPU, or the other way round), or after a failed
+    capture (back to the plain form: a float rate, steps on the CPU)."""
     for group in optimizer.param_groups:
         lr = float(group["lr"])
         group["capturable"] = capturable
@@ -69,6 +150,10 @@ def normalise_optimizer(optimizer: torch.optim.Adam, *, capturable: bool, device
                 state["step"] = step.to(device=device, dtype=torch.float32) if capturable else step.to("cpu")
 
 
+def is_capturable(optimizer: torch.optim.Optimizer) -> bool:
+    return bool(optimizer.param_groups[0].get("capturable", False))
+
+
 class TrainStep:
     """One training step of ``model`` on rows of ``x`` ``(N, 4, L)`` / ``y`` ``(N, T)``; see the module docstring.
 
@@ -78,7 +163,8 @@ class TrainStep:
     Parameters
     ----------
     graph : bool
-        Capture the full-size step as a CUDA graph (on a CUDA device only; needs a capturable optimizer).
+        Capture the full-size step as a CUDA graph (on a CUDA device only, and unless
+        :func:`graphs_disabled`; needs a capturable optimizer).
     """
 
     def __init__(
@@ -100,10 +186,26 @@ class TrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_idx: torch.Tensor | None = None
         self.fallback_reason: str | None = None
+        if x.device.type == "cuda" and not graph:
+            self.fallback_reason = "train.cuda_graph is false"
 
     @property
     def uses_graph(self) -> bool:
         return self.graph is not None
+
+    @property
+    def path(self) -> tuple[str, str | None]:
+        """The training path, ``cuda-graph``, ``cuda-eager`` or ``cpu``, and why a GPU step is eager (None
+        otherwise)."""
+        if self.x.device.type != "cuda":
+            return PATH_CPU, None
+        if self.graph is not None:
+            return PATH_GRAPH, None
+        if self.fallback_reason is not None:
+            return PATH_EAGER, self.fallback_reason
+        if self.x.shape[0] < self.batch_size:
+            return PATH_EAGER, f"the training split ({self.x.shape[0]} rows) is smaller than one batch"
+        return PATH_EAGER, "not captured yet (no full-size batch trained)"
 
     def begin_epoch(self) -> None:
         self.loss_sum.zero_()
@@ -151,27 +253,36 @@ class TrainStep:
                         v.copy_(saved[k]) if saved is not None else v.zero_()
         torch.cuda.set_rng_state(rng, self.x.device)
 
+    def fall_back(self, reason: str) -> None:
+        """Train eagerly from now on: no graph, Adam in its plain form (a float rate, steps on the CPU),
+        gradients dropped; :attr:`path` gives ``reason``."""
+        self.graph, self.static_idx, self.fallback_reason = None, None, reason
+        self.optimizer.zero_grad(set_to_none=True)
+        if is_capturable(self.optimizer):
+            normalise_optimizer(self.optimizer, capturable=False, device=self.x.device)
+
     def _capture(self) -> None:
+        earlier = graphs_disabled()
+        if earlier is not None:
+            self.fall_back(f"no CUDA graphs in this process after a failed capture ({earlier})")
+            return
         device = self.x.device
         snapshot = self._snapshot()
         static_idx = torch.arange(self.batch_size, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # an error here is the step's own: eager training would raise it too
+            for _ in range(WARMUP_STEPS):
+                self._body(static_idx)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
         try:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):
-                    self._body(static_idx)
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
-            # thread_local: Ray runs the trainable beside other threads of its own
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._body(static_idx, zero_grad=False)
+            graph = capture(lambda: self._body(static_idx, zero_grad=False), device)
         except Exception as e:  # noqa: BLE001 - any capture failure means: train eagerly
-            self.fallback_reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            log.warning("CUDA graph capture failed (%s); training this model eagerly", self.fallback_reason)
-            self.optimizer.zero_grad(set_to_none=True)
+            reason = describe(e)
+            _disable_graphs(reason)
             self._restore(snapshot)
+            self.fall_back(reason)
             self.begin_epoch()
             return
         self._restore(snapshot)
