@@ -21,6 +21,9 @@ TAG_KIND = "hybridlens.kind"  # parent | trial
 TAG_OUTCOME = "hybridlens.outcome"  # finished | diverged | failed | killed
 TAG_ERROR = "hybridlens.error"  # the exception or divergence that ended a run
 TAG_NODE = "hybridlens.node_id"
+#: How the run trained: ``cuda-graph``, ``cuda-eager`` or ``cpu``; and why a GPU run trained eagerly.
+TAG_TRAIN_PATH = "hybridlens.train_path"
+TAG_TRAIN_PATH_REASON = "hybridlens.train_path_reason"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 #: Prefix of the tag that records, per attribution method, why it cannot attribute the run's model.

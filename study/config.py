@@ -143,7 +143,7 @@ class ResourcesSection(_Strict):
 class RaySection(_Strict):
     object_store_memory_mb: int = Field(default=256, ge=78)  # local Ray only; Ray's minimum is 75 MiB
     num_cpus: Optional[int] = Field(default=None, ge=1)  # local Ray only; default: all cores
-    checkpoint_every: int = Field(default=5, ge=1)  # epochs; the best epoch is always checkpointed
+    checkpoint_every: int = Field(default=5, ge=1)  # epochs; and whenever a cell of the pack ends
     report_every: int = Field(default=1, ge=1)  # epochs between reports (each: one MLflow batch)
     max_failures: int = Field(default=2, ge=0)
 

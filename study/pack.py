@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from hybridlens.study.train import Diverged, Trainer
+from hybridlens.study.train import Diverged, Trainer, cpu_rng_state
 
 
 @dataclass
@@ -85,4 +85,14 @@ class PackTrainer:
             raise ValueError(f"checkpoint holds {len(state['members'])} members, this pack {len(self.members)}")
         for m, s in zip(self.members, state["members"]):
             m.trainer.load_state_dict(s)
-            m.rng, m.cuda_rng, m.diverged = s["torch_rng"], s.get("cuda_rng"), s.get("diverged")
+            cuda_rng = s.get("cuda_rng")
+            m.rng, m.diverged = cpu_rng_state(s["torch_rng"]), s.get("diverged")
+            m.cuda_rng = None if cuda_rng is None else cpu_rng_state(cuda_rng)
+
+
+def load_pack_state(path) -> dict[str, Any]:
+    """A pack checkpoint written with ``torch.save(pack.state_dict())``, loaded weights-only onto the
+    CPU: its random states must stay CPU byte tensors (``map_location="cuda"`` would move them to the
+    GPU, where ``set_rng_state`` refuses them), and ``load_state_dict`` copies weights and optimizer
+    state to the pack's device."""
+    return torch.load(path, weights_only=True, map_location="cpu")

@@ -157,15 +157,19 @@ class TrialLogger:
         self.c, self.run_id = c, run_id
         self._done_steps = logged_steps(c, run_id, probe_key)
 
-    def log_steps(self, steps: list[tuple[int, dict[str, float]]]) -> int:
-        """Log several epochs' metrics in one request, skipping steps logged before (a resumed trial
-        re-trains the epochs after its last checkpoint). Returns the number of steps sent."""
-        from mlflow.entities import Metric
+    def log_steps(self, steps: list[tuple[int, dict[str, float]]], tags: dict | None = None) -> int:
+        """Log several epochs' metrics (and ``tags``) in one request, skipping steps logged before (a
+        resumed trial re-trains the epochs after its last checkpoint). Returns the number of steps sent."""
+        from mlflow.entities import Metric, RunTag
 
         todo = [(s, m) for s, m in steps if s not in self._done_steps]
-        if todo:
+        if todo or tags:
             ts = int(time.time() * 1000)
-            self.c.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, s) for s, m in todo for k, v in m.items()])
+            self.c.log_batch(
+                self.run_id,
+                metrics=[Metric(k, float(v), ts, s) for s, m in todo for k, v in m.items()],
+                tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+            )
             self._done_steps.update(s for s, _ in todo)
         return len(todo)
 

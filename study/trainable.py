@@ -95,7 +95,8 @@ def _open_child_run(
         run = c.get_run(run_id)
         if reopen and run.info.status != "RUNNING":
             c.update_run(run_id, status="RUNNING")
-            for tag in (layout.TAG_OUTCOME, layout.TAG_ERROR):  # a failed run retried: its end is not known yet
+            # a failed run retried: its end is not known yet, nor how this attempt trains
+            for tag in (layout.TAG_OUTCOME, layout.TAG_ERROR, layout.TAG_TRAIN_PATH_REASON):
                 if tag in run.data.tags:
                     c.delete_tag(run_id, tag)
         return run_id
@@ -153,16 +154,38 @@ def _log_artifacts(c, run_id: str, trainer, ds, cfg: StudyConfig, cell: dict, co
         c.log_artifacts(run_id, str(d))
 
 
+def path_tags(trainer) -> dict[str, str]:
+    """The run's training-path tags: ``hybridlens.train_path`` and, for a GPU run that trains eagerly,
+    ``hybridlens.train_path_reason``."""
+    from hybridlens.study.train_step import PATH_EAGER
+
+    path, reason = trainer.train_path
+    return {layout.TAG_TRAIN_PATH: path} | ({layout.TAG_TRAIN_PATH_REASON: reason} if path == PATH_EAGER and reason else {})
+
+
+def path_note(trainer) -> str:
+    """``; eager (reason)`` for the driver's line of a GPU cell that trained eagerly, else empty."""
+    tags = path_tags(trainer)
+    return f"; eager ({tags[layout.TAG_TRAIN_PATH_REASON]})" if layout.TAG_TRAIN_PATH_REASON in tags else ""
+
+
 class _Cell:
-    """One member of the trial's pack: its cell, child run and logger, and the steps not yet sent."""
+    """One member of the trial's pack: its cell, child run and logger, the steps not yet sent, and the
+    training-path tags sent so far."""
 
     def __init__(self, cell: dict, run_id: str, logger):
         self.cell, self.run_id, self.logger = cell, run_id, logger
         self.name = layout.cell_name(**cell)
         self.pending: list[tuple[int, dict]] = []
+        self.tags: dict[str, str] = {}
 
-    def flush(self) -> None:
-        self.logger.log_steps(self.pending)
+    def flush(self, trainer) -> None:
+        """Send the pending steps, and the training path when it changed (one request)."""
+        tags = path_tags(trainer)
+        if layout.TAG_TRAIN_PATH_REASON in self.tags and layout.TAG_TRAIN_PATH_REASON not in tags:
+            self.logger.c.delete_tag(self.run_id, layout.TAG_TRAIN_PATH_REASON)
+        self.logger.log_steps(self.pending, tags=tags if tags != self.tags else None)
+        self.tags = tags
         self.pending.clear()
 
 
@@ -172,10 +195,10 @@ def _close(c, member, m, ds, cfg: StudyConfig, config: dict, elapsed: float) -> 
     import ray
 
     trainer = member.trainer
-    m.flush()
+    m.flush(trainer)
     if member.diverged:
         _end_diverged(c, m.logger, m.run_id, trainer, member.diverged)
-        return [m.name, f"diverged at epoch {trainer.epoch + 1} ({elapsed:.0f} s)"]
+        return [m.name, f"diverged at epoch {trainer.epoch + 1} ({elapsed:.0f} s){path_note(trainer)}"]
     trainer.restore_best()
     final = {f"best_val_{k}": v for k, v in trainer.evaluate("valid").items()}
     final |= {f"test_{k}": v for k, v in trainer.evaluate("test").items()}
@@ -190,7 +213,7 @@ def _close(c, member, m, ds, cfg: StudyConfig, config: dict, elapsed: float) -> 
     return [
         m.name,
         f"{trainer.epoch} epochs, best epoch {trainer.best_epoch}, "
-        f"test AUROC {final['test_auroc']:.3f} AUPR {final['test_aupr']:.3f} ({elapsed:.0f} s)",
+        f"test AUROC {final['test_auroc']:.3f} AUPR {final['test_aupr']:.3f} ({elapsed:.0f} s){path_note(trainer)}",
     ]
 
 
@@ -271,8 +294,10 @@ def train_trial(config: dict) -> None:
     closed = [False] * len(cells)
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
+        from hybridlens.study.pack import load_pack_state
+
         with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "pack.pt", weights_only=True, map_location=device)
+            state = load_pack_state(Path(d) / "pack.pt")
         pack.load_state_dict(state)
         closed = list(state["closed"])
     members = []  # the runs of cells closed before the checkpoint stay as they ended
@@ -309,16 +334,17 @@ def train_trial(config: dict) -> None:
                             p.fill_(float("nan"))
             results = pack.step()
             epoch += 1
-            best_now = False
             for m, r in zip(members, results):
                 if isinstance(r, dict):
                     m.pending.append((r["epoch"], {k: v for k, v in r.items() if k not in ("epoch", "best_epoch")}))
-                    best_now |= r["best_epoch"] == r["epoch"]
             ended = any(not mb.active and not cl for mb, cl in zip(pack.members, closed))
-            checkpoint_now = epoch % cfg.ray.checkpoint_every == 0 or best_now or ended
+            # every checkpoint_every epochs, and when a cell ends (its closing must be recorded); not at
+            # every best epoch: a resumed pack retrains from its checkpoint and finds the same best epoch,
+            # and a pack of many cells would write its whole state almost every epoch
+            checkpoint_now = epoch % cfg.ray.checkpoint_every == 0 or ended
             if epoch % cfg.ray.report_every == 0 or checkpoint_now:
-                for m in members:
-                    m.flush()
+                for member, m in zip(pack.members, members):
+                    m.flush(member.trainer)
                 events += close_ended()
                 tune.report(
                     {
