@@ -1,12 +1,16 @@
 """Study throughput, in trial-epochs per second (one epoch of one grid cell: training and validation),
 in one process on one device.
 
-    python benchmarks/study_throughput.py [--device cpu|cuda] [--num-seqs 25000] [--pack-sizes 1,5,10,20]
+    python benchmarks/study_throughput.py [--device cpu|cuda] [--num-seqs 25000] [--pack-sizes 1,4,16,32]
         [--archs C24-Att,C4C6-LSTM-Trans4,C4-Trans4] [--task2-arch C4C6-LSTM-Att] [--epochs 2]
     python benchmarks/study_throughput.py --study configs/quick.yaml [--models-per-trial 1,4]
 
 Model mode: (i) the one-model Trainer in eager mode, as a trial ran before packs and graphs, then the
-one-model Trainer with the CUDA-graph step, then (ii) PackTrainer (graph steps) at each pack size, for each architecture (Task 1 shapes) and one Task 2 model, printing each one's ratio to (i).
+one-model Trainer with the CUDA-graph step, then (ii) PackTrainer at each pack size, for each
+architecture (Task 1 shapes) and one Task 2 model, printing each one's ratio to (i), its training path
+and, on a GPU, its peak memory. The data is a planted-k-mer stand-in with the task's shapes
+(``simulate_planted``: no JASPAR needed; throughput depends on shapes, not on which motifs). Only the
+epochs a member really trained count (a diverged or stopped member's do not).
 Study mode: the wall time of a real ``hybridlens study CONFIG --no-analyze`` in a temporary workdir at
 each ``resources.models_per_trial``, and the ratio to the first.
 """
@@ -14,6 +18,7 @@ each ``resources.models_per_trial``, and the ratio to the first.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import subprocess
 import sys
@@ -24,45 +29,102 @@ from pathlib import Path
 import torch
 import yaml
 
-from hybridlens.models import build
+from hybridlens.models import TASK_SIZES, build
 from hybridlens.study.pack import PackTrainer
-from hybridlens.study.simulate import simulate
+from hybridlens.study.simulate import simulate_planted
 from hybridlens.study.train import TensorData, TrainConfig, Trainer, seed_everything
 
 
 def _trainer(arch: str, task: str, data: TensorData, seed: int, *, graph: bool = True) -> Trainer:
     seed_everything(seed)
-    cfg = TrainConfig(epochs=10**6, seed=seed, cuda_graph=graph)
+    cfg = TrainConfig(epochs=10**6, seed=seed, cuda_graph=graph, early_stopping_patience=None)
     return Trainer(build(arch, task, "exp" if seed % 2 else "relu", seed=seed), data, cfg)
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
-def _rate(step, device: torch.device, epochs: int, cells: int) -> float:
-    """Trial-epochs/s of ``step`` (one epoch of ``cells`` cells), after one warm-up epoch."""
+def task_data(task: str, num_seqs: int, device: torch.device) -> TensorData:
+    """The planted stand-in with ``task``'s shapes (Task 2: an even number of sequences), on ``device``."""
+    n = num_seqs if task == "task1" else num_seqs - num_seqs % 2
+    return TensorData(simulate_planted(num_seqs=n, num_outputs=TASK_SIZES[task].num_outputs), device)
+
+
+def measure(step, device: torch.device, epochs: int) -> float:
+    """Trial-epochs/s of ``step`` (one epoch; it returns how many trial-epochs it trained), after one
+    warm-up epoch (capture, allocator, cuDNN's algorithm choice)."""
     step()
     _sync(device)
     start = time.perf_counter()
-    for _ in range(epochs):
-        step()
+    done = sum(step() for _ in range(epochs))
     _sync(device)
-    return cells * epochs / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start)
 
 
-def one_model(arch: str, task: str, data: TensorData, epochs: int, *, graph: bool) -> float:
-    """Trial-epochs/s of the one-model Trainer, eager (as a trial ran before this work) or with the graph step."""
-    return _rate(_trainer(arch, task, data, 0, graph=graph).step, data.device, epochs, 1)
+def _timed(make, device: torch.device, epochs: int) -> dict:
+    """``make()`` -> (step, trainers): the rate, the trainers' training paths and the peak GPU memory."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    step, trainers = make()
+    rate = measure(step, device, epochs)
+    paths = sorted({"%s (%s)" % p if p[1] else p[0] for p in (t.train_path for t in trainers)})
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"rate": rate, "path": "; ".join(paths), "peak_mib": peak}
 
 
-def pack(arch: str, task: str, data: TensorData, epochs: int, size: int) -> float:
-    """Trial-epochs/s of a PackTrainer of ``size`` members."""
-    p = PackTrainer()
-    for seed in range(size):
-        p.add(_trainer(arch, task, data, seed))
-    return _rate(p.step, data.device, epochs, size)
+def one_model(arch: str, task: str, data: TensorData, epochs: int, *, graph: bool) -> dict:
+    """The one-model Trainer, eager (as a trial ran before this work) or with the graph step."""
+
+    def make():
+        tr = _trainer(arch, task, data, 0, graph=graph)
+
+        def step() -> int:
+            tr.step()
+            return 1
+
+        return step, [tr]
+
+    return _timed(make, data.device, epochs)
+
+
+def pack(arch: str, task: str, data: TensorData, epochs: int, size: int) -> dict:
+    """A PackTrainer of ``size`` members; only the members that trained an epoch count."""
+
+    def make():
+        p = PackTrainer()
+        for seed in range(size):
+            p.add(_trainer(arch, task, data, seed))
+        return (lambda: sum(isinstance(r, dict) for r in p.step())), [m.trainer for m in p.members]
+
+    return _timed(make, data.device, epochs)
+
+
+def model_rows(archs: list[tuple[str, str]], sizes: list[int], *, device: torch.device, num_seqs: int, epochs: int, echo=print):
+    """Every (architecture, task): eager, graph and pack results, each a dict with ``rate`` (trial-epochs/s),
+    ``ratio`` (to eager), ``path`` and ``peak_mib``; printed as a table while measured."""
+    datasets: dict[str, TensorData] = {}
+    rows = []
+    echo(f"{'model':<22} {'task':<6} {'eager':>10} {'graph':>16} " + " ".join(f"{'pack ' + str(s):>16}" for s in sizes))
+    for arch, task in archs:
+        if task not in datasets:
+            datasets[task] = task_data(task, num_seqs, device)
+        data = datasets[task]
+        row = {"architecture": arch, "task": task, "eager": one_model(arch, task, data, epochs, graph=False)}
+        row["graph"] = one_model(arch, task, data, epochs, graph=True)
+        for s in sizes:
+            row[f"pack{s}"] = pack(arch, task, data, epochs, s)
+        base = row["eager"]["rate"]
+        for k, v in row.items():
+            if isinstance(v, dict):
+                v["ratio"] = v["rate"] / base
+        cells = [f"{row[k]['rate']:8.2f} ({row[k]['ratio']:4.2f}x)" for k in ["graph"] + [f"pack{s}" for s in sizes]]
+        echo(f"{arch:<22} {task:<6} {base:10.2f} " + " ".join(f"{c:>16}" for c in cells))
+        rows.append(row)
+    return rows
 
 
 def models(args) -> None:
@@ -70,24 +132,15 @@ def models(args) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     sizes = [int(s) for s in args.pack_sizes.split(",")]
     print(f"device: {name}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
-    rows = [(a, "task1") for a in args.archs.split(",")] + ([(args.task2_arch, "task2")] if args.task2_arch else [])
-    datasets = {}
-    print(f"{'model':<22} {'task':<6} {'eager':>10} {'graph':>16} " + " ".join(f"{'pack ' + str(s):>16}" for s in sizes))
-    for arch, task in rows:
-        if task not in datasets:
-            n = args.num_seqs if task == "task1" else args.num_seqs - args.num_seqs % 2
-            datasets[task] = TensorData(simulate(task, num_seqs=n), device)
-        base = one_model(arch, task, datasets[task], args.epochs, graph=False)
-        graph = one_model(arch, task, datasets[task], args.epochs, graph=True)
-        cells = [f"{graph:8.2f} ({graph / base:4.2f}x)"]
-        for s in sizes:
-            rate = pack(arch, task, datasets[task], args.epochs, s)
-            cells.append(f"{rate:8.2f} ({rate / base:4.2f}x)")
-        print(f"{arch:<22} {task:<6} {base:10.2f} " + " ".join(f"{c:>16}" for c in cells), flush=True)
+    archs = [(a, "task1") for a in args.archs.split(",")] + ([(args.task2_arch, "task2")] if args.task2_arch else [])
+    rows = model_rows(archs, sizes, device=device, num_seqs=args.num_seqs, epochs=args.epochs)
     print(
         "trial-epochs/s (one epoch of one cell, training + validation); eager = the one-model trainer without"
-        " the CUDA-graph step (a trial before issue 12); (Nx) = ratio to it. On a CPU every column is eager."
+        " the CUDA-graph step (a trial before issue 12); (Nx) = ratio to it."
     )
+    for row in rows:
+        paths = sorted({v["path"] for v in row.values() if isinstance(v, dict)})
+        print(f"  {row['architecture']} {row['task']}: training paths {', '.join(paths)}")
 
 
 def study(args) -> None:
@@ -121,7 +174,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--num-seqs", type=int, default=25_000)
-    ap.add_argument("--pack-sizes", default="1,5,10,20")
+    ap.add_argument("--pack-sizes", default="1,4,16,32")
     ap.add_argument("--archs", default="C24-Att,C4C6-LSTM-Trans4,C4-Trans4")
     ap.add_argument("--task2-arch", default="C4C6-LSTM-Att")
     ap.add_argument("--epochs", type=int, default=2)

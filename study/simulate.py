@@ -327,6 +327,27 @@ def _attrs(task: str, seed: int, motifs: Sequence[Motif], num_seqs: int) -> dict
     }
 
 
+def simulate_planted(*, num_seqs: int = TASKS["task1"].num_seqs, num_outputs: int = 12, seed: int = 0, width: int = 8) -> Dataset:
+    """A stand-in with a task's shapes that needs no JASPAR (GPU checks and benchmarks on machines without
+    pyjaspar): ``num_outputs`` random ``width``-mers as one-hot PWMs (+RC), 1–5 per sequence placed as
+    Task 1 places its motifs, multi-hot labels. With one output it is built as Task 2 is: half the
+    sequences draw from the labelled k-mer (positives), half from 5 decoy k-mers (label 0)."""
+    rng = np.random.default_rng(seed)
+    n_kmers = num_outputs + (5 if num_outputs == 1 else 0)
+    kmers = [np.eye(4, dtype=np.float64)[:, rng.integers(0, 4, width)] for _ in range(n_kmers)]
+    pwms = [p for k in kmers for p in (k, k[::-1, ::-1].copy())]  # one-hot rows A,C,G,T: RC flips both axes
+    if num_outputs == 1:
+        pools = [[0, 1] if i % 2 == 0 else list(range(2, 2 * n_kmers)) for i in range(num_seqs)]
+    else:
+        pools = [list(range(2 * n_kmers))] * num_seqs
+    x, model, plc = embed_motifs(rng, pools, pwms, *count_distribution(1, 5))
+    y = np.zeros((num_seqs, num_outputs), dtype=np.float32)
+    real = plc["motif"] < num_outputs
+    y[plc["seq"][real], plc["motif"][real]] = 1.0
+    attrs = {"task": "planted", "generator_version": GENERATOR_VERSION, "seed": int(seed), "num_seqs": int(num_seqs)}
+    return _assemble(x, y, model, plc, split_indices(rng, num_seqs), attrs)
+
+
 SIMULATORS: dict[str, Callable[..., Dataset]] = {"task1": simulate_task1, "task2": simulate_task2}
 
 

@@ -199,3 +199,26 @@ def test_same_seed_same_hash_different_seed_different_data():
 def test_too_few_sequences(n):
     with pytest.raises(ValueError, match="num-seqs"):
         simulate_task1(num_seqs=n)
+
+
+def test_planted_stand_in_has_the_task_shapes_and_honest_labels():
+    """The JASPAR-free stand-in: Task 1 shapes and splits; every label is a planted k-mer (or its reverse
+    complement) at its recorded place; with one output, half the sequences are positives."""
+    from hybridlens.study.simulate import simulate_planted
+
+    ds = simulate_planted(num_seqs=2000, num_outputs=12, seed=3)
+    assert [len(ds.split(s)) for s in ("train", "valid", "test")] == [1400, 200, 400]
+    assert ds.train.x.shape == (1400, 4, 200) and ds.train.y.shape == (1400, 12)
+    sp = ds.train
+    kmers: dict[tuple[int, int], np.ndarray] = {}
+    for p in sp.placements:
+        seen = sp.x[p["seq"], :, p["start"] : p["start"] + p["width"]]
+        assert sp.y[p["seq"], p["motif"]] == 1
+        # a one-hot PWM: the sampled sequence is the k-mer itself, the same every time
+        kmers.setdefault((int(p["motif"]), int(p["strand"])), seen)
+        np.testing.assert_array_equal(seen, kmers[(int(p["motif"]), int(p["strand"]))])
+    fwd, rev = kmers[(0, 1)], kmers[(0, -1)]
+    np.testing.assert_array_equal(rev, fwd[::-1, ::-1])
+    assert sp.y.sum() == len({(int(p["seq"]), int(p["motif"])) for p in sp.placements})
+    one = simulate_planted(num_seqs=1000, num_outputs=1, seed=3)
+    assert one.train.y.shape[1] == 1 and 0.45 < one.train.y.mean() < 0.55
