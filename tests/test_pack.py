@@ -103,6 +103,26 @@ def test_resume_a_pack_from_its_state(tiny):
         assert [f[i] for f in first] + rest[i] == full[i]
 
 
+def test_a_pack_checkpoint_loads_its_random_states_onto_the_cpu(tiny, tmp_path):
+    """``load_pack_state`` (what a resumed trial uses) keeps the random states CPU byte tensors, as
+    ``set_rng_state`` needs them, whatever device the pack trains on; the pack resumes exactly."""
+    from hybridlens.study.pack import load_pack_state
+
+    full = _history(_pack(tiny, CELLS, 3))
+    a = _pack(tiny, CELLS, 3)
+    first = [a.step()]
+    torch.save(a.state_dict(), tmp_path / "pack.pt")
+    state = load_pack_state(tmp_path / "pack.pt")
+    for s in state["members"]:
+        for key in ("torch_rng", "generator"):
+            assert s[key].device.type == "cpu" and s[key].dtype == torch.uint8
+    b = _pack(tiny, CELLS, 3)
+    b.load_state_dict(state)
+    rest = _history(b)
+    for i in range(len(CELLS)):
+        assert [f[i] for f in first] + rest[i] == full[i]
+
+
 @pytest.mark.slow
 def test_every_member_of_a_pack_learns():
     """A pack of 3 on a small Task 1 dataset (the one-model learning test's: 10,000 sequences, 20 epochs,

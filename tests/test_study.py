@@ -95,6 +95,7 @@ def test_smoke_study_end_to_end(tmp_path, smoke, data_file):
         assert p["filters"] == "32" and p["init"] == "he"
         assert t[layout.TAG_DATASET_HASH] == ds_hash and t[layout.TAG_PARENT] == launch.parent_run_id
         assert t[layout.TAG_OUTCOME] == "finished"
+        assert t[layout.TAG_TRAIN_PATH] == "cpu" and layout.TAG_TRAIN_PATH_REASON not in t  # resources.gpu 0
         for key in ("train_loss", "val_loss", "val_auroc", "val_aupr", "train_auroc", "lr"):
             assert steps(c, r.info.run_id, key) == [1, 2, 3]
         for key in ("test_auroc", "test_aupr", "test_loss", "best_val_aupr", "best_epoch"):

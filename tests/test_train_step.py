@@ -103,3 +103,34 @@ def test_normalise_to_the_capturable_form_puts_rate_and_steps_on_the_device():
     g = opt.param_groups[0]
     assert g["capturable"] is True and isinstance(g["lr"], torch.Tensor) and float(g["lr"]) == pytest.approx(1e-3)
     assert opt.state[p]["step"].dtype == torch.float32 and float(opt.state[p]["step"]) == 1
+
+
+def test_the_cpu_path_is_cpu_and_never_captures(tiny):
+    seed_everything(0)
+    tr = Trainer(build("C24", "task1", "relu", seed=0), tiny, TrainConfig(epochs=1, seed=0))
+    tr.step()
+    assert tr.train_path == ("cpu", None) and not tr.train_step().uses_graph
+
+
+def test_a_fallback_leaves_adam_in_its_plain_form(tiny):
+    """A step that falls back (a failed capture) puts Adam back in its plain form, whatever form it was
+    in: float rate, ``capturable`` off, steps on the CPU; training then goes on exactly as a trainer
+    whose Adam was never capturable (a rate exact in float32, as a device-tensor rate is)."""
+    import copy
+
+    cfg = TrainConfig(epochs=3, seed=0, lr=2**-10)
+    seed_everything(0)
+    a = Trainer(build("C24", "task1", "relu", seed=0), tiny, cfg)
+    a.step()
+    state = copy.deepcopy(a.state_dict())  # a's state dict holds its live tensors
+    expected = a.step()
+    seed_everything(0)
+    b = Trainer(build("C24", "task1", "relu", seed=0), tiny, cfg)
+    b.load_state_dict(state)
+    normalise_optimizer(b.optimizer, capturable=True, device=torch.device("cpu"))  # the form a GPU trainer has
+    b.train_step().fall_back("a capture failed")
+    group = b.optimizer.param_groups[0]
+    assert group["capturable"] is False and isinstance(group["lr"], float)
+    assert all(s["step"].device.type == "cpu" for s in b.optimizer.state.values())
+    assert all(p.grad is None for p in b.model.parameters())
+    assert b.step() == expected
