@@ -157,9 +157,13 @@ def initialize(model: nn.Module, scheme: str = "he", generator: torch.Generator 
     """Initialise weights in place.
 
     ``"he"``: Kaiming-normal (fan-in, ReLU gain) for convolution, dense, attention and LSTM input
-    weights, as the paper says. ``"glorot"``: Glorot-uniform, Keras' default, as the released code.
-    Both: orthogonal LSTM recurrent weights, LSTM forget-gate bias 1 (Keras' ``unit_forget_bias``;
-    PyTorch's second bias vector is zero), other biases 0, normalisation layers at 1 and 0.
+    weights, as the paper says, and an orthogonal recurrent matrix per LSTM gate. ``"glorot"``: Keras'
+    defaults, as the released code: Glorot-uniform for convolution, dense and attention weights, and for
+    an LSTM the whole input kernel ``(input, 4u)`` Glorot-uniform (limit ``sqrt(6 / (input + 4u))``, not
+    per gate) and the whole recurrent kernel ``(u, 4u)`` one orthogonal matrix. PyTorch stores both
+    transposed, ``(4u, input)`` and ``(4u, u)``, which leaves the fans and the orthogonality as they are.
+    Both: LSTM forget-gate bias 1 (Keras' ``unit_forget_bias``; PyTorch's second bias vector is zero),
+    other biases 0, normalisation layers at 1 and 0.
     """
     if scheme not in INITS:
         raise ValueError(f"unknown init {scheme!r}; choose one of {', '.join(INITS)}")
@@ -176,12 +180,14 @@ def initialize(model: nn.Module, scheme: str = "he", generator: torch.Generator 
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LSTM):
+            # Keras initialises whole kernels; the He scheme initialises gate by gate
+            per_gate = 4 if scheme == "he" else 1
             for name, p in m.named_parameters():
                 if name.startswith("weight_ih"):
-                    for gate in p.chunk(4, dim=0):
+                    for gate in p.chunk(per_gate, dim=0):
                         fill(gate)
                 elif name.startswith("weight_hh"):
-                    for gate in p.chunk(4, dim=0):
+                    for gate in p.chunk(per_gate, dim=0):
                         nn.init.orthogonal_(gate, generator=generator)
                 elif name.startswith("bias"):
                     nn.init.zeros_(p)

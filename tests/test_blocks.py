@@ -50,3 +50,25 @@ def test_bilstm_concatenates_directions_in_forward_time():
     out2 = m(x2)
     torch.testing.assert_close(out[:, 1:, 3:], out2[:, 1:, 3:])
     assert not torch.allclose(out[:, 1:, :3], out2[:, 1:, :3])
+
+
+def test_glorot_lstm_init_is_keras_whole_kernels():
+    """``init: glorot`` as Keras: the input kernel (input, 4u) Glorot-uniform as one matrix (limit
+    sqrt(6 / (input + 4u))), the recurrent kernel (u, 4u) one orthogonal matrix (its u rows
+    orthonormal; per-gate orthogonal blocks would give W^T W = 4 I instead of I)."""
+    import math
+
+    from hybridlens.models.blocks import initialize
+
+    lstm = torch.nn.LSTM(24, 16, batch_first=True, bidirectional=True)
+    initialize(lstm, "glorot", torch.Generator().manual_seed(0))
+    for suffix in ("", "_reverse"):
+        w_ih, w_hh = getattr(lstm, f"weight_ih_l0{suffix}"), getattr(lstm, f"weight_hh_l0{suffix}")
+        limit = math.sqrt(6 / (24 + 64))  # per gate it would be sqrt(6 / (24 + 16)): 1.48x wider
+        assert w_ih.abs().max() <= limit and w_ih.abs().max() > 0.95 * limit
+        assert abs(w_ih.std().item() - limit / math.sqrt(3)) < 0.05 * limit  # a uniform's std: limit / sqrt(3)
+        torch.testing.assert_close(w_hh.T @ w_hh, torch.eye(16), atol=1e-5, rtol=0)
+    he = torch.nn.LSTM(24, 16, batch_first=True)
+    initialize(he, "he", torch.Generator().manual_seed(0))
+    for gate in he.weight_hh_l0.chunk(4):  # the He scheme keeps an orthogonal matrix per gate
+        torch.testing.assert_close(gate.T @ gate, torch.eye(16), atol=1e-5, rtol=0)
