@@ -74,3 +74,74 @@ def classification_metrics_torch(y_true, y_score):
     aupr = torch.sum((recall[1:] - recall[:-1]) * (tps / seen))
     out = torch.stack([auroc, aupr])
     return torch.where((pos > 0) & (neg > 0), out, torch.full_like(out, float("nan")))
+
+
+#: How a study computes AUROC/AUPR during training (``train.auc``): ``exact`` (the default: every
+#: distinct score a threshold, as scikit-learn) or ``keras`` (``tf.keras.metrics.AUC`` as the released
+#: code compiled it: 200 thresholds, trapezoidal ROC, Davis & Goadrich's interpolated PR).
+AUC_METHODS = ("exact", "keras")
+#: ``tf.keras.metrics.AUC``'s default number of thresholds.
+KERAS_THRESHOLDS = 200
+
+
+def keras_thresholds(num: int = KERAS_THRESHOLDS):
+    """Keras' thresholds (float32): ``-1e-7``, ``i / (num - 1)`` for ``i = 1 .. num - 2``, ``1 + 1e-7``."""
+    import torch
+
+    inner = [(i + 1) * 1.0 / (num - 1) for i in range(num - 2)]
+    return torch.tensor([0.0 - 1e-7] + inner + [1.0 + 1e-7], dtype=torch.float32)
+
+
+def keras_auc_torch(y_true, logits, num_thresholds: int = KERAS_THRESHOLDS):
+    """``tf.keras.metrics.AUC`` (``multi_label=False``: all labels pooled) of the sigmoid of ``logits``,
+    on the tensors' device: ``(2,)`` float64 ``[auroc, aupr]``.
+
+    A prediction is positive at threshold ``t`` when ``p > t`` (float32, as Keras compares). ROC: the
+    trapezoidal rule over the thresholds' (FPR, TPR) points ('interpolation'); PR: Keras'
+    ``interpolate_pr_auc`` (true and predicted positives linear between thresholds, Davis & Goadrich 2006).
+    NaN where the labels hold a single class, as for :func:`classification_metrics_torch`.
+    """
+    import torch
+
+    t = y_true.reshape(-1).to(torch.float64)
+    p = torch.sigmoid(logits.reshape(-1).to(torch.float32))
+    if t.shape != p.shape:
+        raise ValueError(f"labels and scores differ in size: {tuple(y_true.shape)} vs {tuple(logits.shape)}")
+    thr = keras_thresholds(num_thresholds).to(p.device)
+    pos_scores = torch.sort(p[t == 1]).values
+    neg_scores = torch.sort(p[t != 1]).values
+    # p > thr  <=>  not (p <= thr): the count above a threshold is the total minus searchsorted(right)
+    tp = (pos_scores.numel() - torch.searchsorted(pos_scores, thr, right=True)).to(torch.float64)
+    fp = (neg_scores.numel() - torch.searchsorted(neg_scores, thr, right=True)).to(torch.float64)
+    n_pos, n_neg = float(pos_scores.numel()), float(neg_scores.numel())
+    fn, tn = n_pos - tp, n_neg - fp
+    tpr = _div(tp, tp + fn)
+    fpr = _div(fp, fp + tn)
+    auroc = torch.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2)
+    # interpolate_pr_auc
+    dtp = tp[:-1] - tp[1:]
+    pp = tp + fp
+    dp = pp[:-1] - pp[1:]
+    slope = _div(dtp, torch.clamp(dp, min=0))
+    intercept = tp[1:] - slope * pp[1:]
+    both = (pp[:-1] > 0) & (pp[1:] > 0)
+    ratio = torch.where(both, _div(pp[:-1], torch.clamp(pp[1:], min=0)), torch.ones_like(pp[1:]))
+    aupr = torch.sum(_div(slope * (dtp + intercept * torch.log(ratio)), torch.clamp(tp[1:] + fn[1:], min=0)))
+    out = torch.stack([auroc, aupr])
+    return out if n_pos > 0 and n_neg > 0 else torch.full_like(out, float("nan"))
+
+
+def _div(a, b):
+    """TensorFlow's ``divide_no_nan``: ``a / b``, and 0 where ``b`` is 0."""
+    import torch
+
+    return torch.where(b == 0, torch.zeros_like(a), a / torch.where(b == 0, torch.ones_like(b), b))
+
+
+def auc_torch(y_true, logits, method: str = "exact"):
+    """``[auroc, aupr]`` of ``logits`` by ``method`` (:data:`AUC_METHODS`), on the device."""
+    if method == "exact":
+        return classification_metrics_torch(y_true, logits)
+    if method == "keras":
+        return keras_auc_torch(y_true, logits)
+    raise ValueError(f"unknown AUC method {method!r}; choose one of {', '.join(AUC_METHODS)}")

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybridlens.analysis.attributions import DEFAULT_METHODS, MAX_SEQUENCES, METHODS
+from hybridlens.analysis.classification import AUC_METHODS
 from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
 from hybridlens.analysis.tasks import TASKS
@@ -124,6 +125,7 @@ class TrainSection(_Strict):
     min_lr: float = Field(default=TrainConfig.min_lr, ge=0)
     early_stopping_patience: Optional[int] = Field(default=TrainConfig.early_stopping_patience, ge=1)  # null: off
     cuda_graph: bool = TrainConfig.cuda_graph  # false: eager steps on a GPU too
+    auc: Literal[AUC_METHODS] = TrainConfig.auc  # keras: tf.keras.metrics.AUC (200 thresholds), as the released code
 
     @field_validator("monitor")
     @classmethod

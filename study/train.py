@@ -8,7 +8,8 @@ validation metric.
 The whole dataset lives on the trial's device as tensors; batches are index slices of a per-epoch
 permutation. The step (forward, loss, backward, Adam) is :class:`~.train_step.TrainStep`: on a GPU one
 CUDA graph replay per batch (``train.cuda_graph``), on the CPU the plain eager loop. Inside the step
-loop nothing is copied to the host: the loss and the training logits are accumulated on the device, AUROC/AUPR are computed there (``classification_metrics_torch``), and the
+loop nothing is copied to the host: the loss and the training logits are accumulated on the device,
+AUROC/AUPR are computed there (exactly, or as Keras' 200-threshold AUC with ``auc: keras``), and the
 epoch's numbers are read in one host sync per split.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridlens.analysis.classification import classification_metrics_torch
+from hybridlens.analysis.classification import AUC_METHODS, auc_torch
 from hybridlens.analysis.datasets import Dataset
 from hybridlens.analysis.tasks import TASKS
 from hybridlens.study.train_step import TrainStep, graphs_disabled, make_adam, normalise_optimizer, set_lr
@@ -47,11 +48,14 @@ class TrainConfig:
     plateau_min_delta: float = 1e-4
     early_stopping_patience: int | None = 10  # None: off
     cuda_graph: bool = True  # replay the training step as a CUDA graph on a GPU (the CPU is always eager)
+    auc: str = "exact"  # how AUROC/AUPR are computed: exact, or keras (tf.keras.metrics.AUC, as the released code)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
             raise ValueError(f"unknown monitor {self.monitor!r}; choose one of {', '.join(MONITORS)}")
+        if self.auc not in AUC_METHODS:
+            raise ValueError(f"unknown AUC method {self.auc!r}; choose one of {', '.join(AUC_METHODS)}")
         for k in ("epochs", "batch_size"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -207,9 +211,7 @@ class Trainer:
             step(perm[start : start + bs])
         total, logits_all = step.loss_sum, step.logits
         # loss and metrics computed on the device, read in one host sync
-        train_loss, auroc, aupr = torch.cat(
-            [(total.double() / n).reshape(1), classification_metrics_torch(y, logits_all)]
-        ).tolist()
+        train_loss, auroc, aupr = torch.cat([(total.double() / n).reshape(1), auc_torch(y, logits_all, self.config.auc)]).tolist()
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss is {train_loss} at epoch {self.epoch + 1}")
         return {"train_loss": train_loss, "train_auroc": auroc, "train_aupr": aupr}
@@ -225,7 +227,7 @@ class Trainer:
         x, y = self.data.splits[split]
         logits = self.predict(x)
         loss, auroc, aupr = torch.cat(
-            [self.loss_fn(logits, y).double().reshape(1), classification_metrics_torch(y, logits)]
+            [self.loss_fn(logits, y).double().reshape(1), auc_torch(y, logits, self.config.auc)]
         ).tolist()
         return {"loss": loss, "auroc": auroc, "aupr": aupr}
 

@@ -519,6 +519,7 @@ def test_reference_config_smoke_test_end_to_end(tmp_path, task):
     c, launch, runs = runs_of(work)
     assert {r.data.params["init"] for r in runs} == {"glorot"}
     assert {r.data.params["monitor"] for r in runs} == {"val_auroc"}
+    assert {r.data.params["auc"] for r in runs} == {"keras"}  # the monitored and ranking metrics as Keras computed them
     ds = load_dataset(launch.data_path, splits=())
     if task == "task2":
         assert launch.data_path.endswith("task2-seed22-n600-m7-bgcode.h5")
