@@ -4,29 +4,55 @@
 bits is a motif position, a position at the sequence's minimum information (a uniform column) is
 background, and per sequence AUROC, AUPR and SNR compare the two.
 
-- **Task 2**: the positive test sequences, attributions for the one output, every embedded motif's
-  positions against background (the paper's saliency evaluation, for any method).
-- **Task 1**: for each of the 12 classes, the test sequences that carry its motif, attributions for
-  that class's output, scored on that motif's positions (from ``placements_test``) against
-  background; the other motifs' positions count as neither. Reported: the mean over classes.
-- **Attention**: per sequence and attention layer, the attention each pooled window receives (mean
-  over heads and queries), as an AUROC against "this window overlaps a motif position"; and, for
-  sequences with two or more motifs, the attention mass between motif-bearing windows (mean over
-  heads; every query-key pair with both windows in the set) over the mass a uniform map would put
-  there, ``|M|^2 / P^2``.
+**The sequences scored** (:func:`scoring_targets`), the same for every method of a run, in file order:
+
+- **Task 2**: the first ``max_sequences`` positive test sequences; attributions of the one output;
+  every embedded motif's positions against background (the paper's saliency evaluation, any method).
+- **Task 1**: for each of the 12 classes, the first ``max_sequences`` test sequences labelled with it;
+  attributions of that class's output, scored on that motif's positions (from ``placements_test``)
+  against background; the other motifs' positions count as neither. Reported: the mean over classes.
+  A file without placements (the original papers' layout) cannot be scored this way: :class:`Unavailable`.
+
+Every method attributes the logit (:mod:`.attributions`); ``attr_n`` counts the (sequence, class) pairs
+scored and ``attr_saturated`` those whose logit is beyond ``±16``, where the probability's gradient (the
+paper's Task 2 saliency) is 0 in float32 and the sequence scores AUROC 0.5. **Floors**
+(:func:`floor_scores`): the same methods on the same sequences for a randomly initialised model of the
+architecture (a model-parameter randomisation test), and a random map, so a reader sees how far each
+method is above chance.
+
+**Attention** (:func:`attention_scores`): the model's attention layers see ``P`` pooled windows; window
+``w`` is the input positions ``[w * width, (w + 1) * width)`` with ``width`` the product of the model's
+pooling sizes (24 for every grid model: 8 windows cover positions 0-191, and positions 192-199, which
+the pooling drops, belong to none). A window is motif-bearing when one of its own positions has
+information > 0.1 bits (not widened by the convolution's reach). Scored: the first ``max_sequences``
+test sequences that hold a motif (Task 1: any label; Task 2: positives), in file order. Per sequence
+and layer, the attention each window receives (mean over heads and queries) as an AUROC against
+"motif-bearing" (``attn_auroc_l<i>``, and their mean ``attn_auroc``); for sequences with at least two
+motif-bearing windows and at least one without, the attention mass between motif-bearing windows (mean
+over heads) over what a uniform map puts there, ``|M|^2 / P^2`` (``attn_motif_mass_ratio``, both tasks).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from hybridlens.analysis.attributions import MAX_SEQUENCES, attribute
+from hybridlens.analysis.attributions import GRADIENT_METHODS, MAX_SEQUENCES, attribute, logit_gradients, times_input
 from hybridlens.analysis.motifs import information_content
 from hybridlens.analysis.saliency import _auc_scores, position_metrics
 
 #: Information (bits) above which a PWM column is a motif position (method.md §4.2).
 MOTIF_BITS = 0.1
+#: |logit| beyond which the sigmoid saturates in float32 (its gradient, the paper's saliency, is 0).
+SATURATED_LOGIT = 16.0
+#: Seed of the randomly initialised model and of the random map of the floors.
+FLOOR_SEED = 12345
+
+
+class Unavailable(ValueError):
+    """Attributions cannot be scored on this dataset; the message says why."""
 
 
 def _background(info: np.ndarray) -> np.ndarray:
@@ -44,66 +70,159 @@ def class_motif_positions(shape: tuple[int, int], placements: np.ndarray, rows: 
     return mask
 
 
-def score_method(
-    method: str, model: torch.nn.Module, test, task: str, *, max_sequences: int = MAX_SEQUENCES, **kwargs
-) -> dict[str, float]:
-    """``attr_<method>_auroc``, ``_aupr`` and ``_snr`` of one model on a test split (``Split`` with
-    ``model`` PWMs and, for Task 1, ``placements``). Raises ``NotSupported`` from :func:`attribute`."""
+@dataclass
+class Target:
+    """One output's scored sequences: test rows, motif and background masks ``(n, L)``."""
+
+    cls: int
+    rows: np.ndarray
+    motif: np.ndarray
+    background: np.ndarray
+
+
+def scoring_targets(test, task: str, *, max_sequences: int = MAX_SEQUENCES) -> list[Target]:
+    """What every method scores (module docstring); raises :class:`Unavailable` for Task 1 without placements."""
     info = information_content(test.model, eps=1e-10)
-    per_class = []
     if task == "task2":
         rows = np.flatnonzero(test.y[:, 0] == 1)[:max_sequences]
-        attr = attribute(method, model, test.x[rows], 0, **kwargs).sum(axis=1)
-        per_class.append(position_metrics(attr, info[rows] > MOTIF_BITS, _background(info[rows])))
-    else:
-        if test.placements is None:
-            raise ValueError("Task 1 attribution scoring needs the dataset's placements (a hybridlens-generated file)")
-        for cls in range(test.y.shape[1]):
-            rows = np.flatnonzero(test.y[:, cls] == 1)[:max_sequences]
-            if rows.size == 0:
-                continue
-            attr = attribute(method, model, test.x[rows], cls, **kwargs).sum(axis=1)
+        return [Target(0, rows, info[rows] > MOTIF_BITS, _background(info[rows]))]
+    if test.placements is None:
+        raise Unavailable("the dataset has no motif placements (placements_test), which Task 1 scoring needs per class")
+    out = []
+    for cls in range(test.y.shape[1]):
+        rows = np.flatnonzero(test.y[:, cls] == 1)[:max_sequences]
+        if rows.size:
             motif = class_motif_positions(test.x.shape[1:], test.placements, rows, cls) & (info[rows] > MOTIF_BITS)
-            per_class.append(position_metrics(attr, motif, _background(info[rows])))
-    return {f"attr_{method}_{k}": float(np.nanmean([np.nanmean(pc[k]) for pc in per_class])) for k in ("auroc", "aupr", "snr")}
+            out.append(Target(cls, rows, motif, _background(info[rows])))
+    return out
 
 
-def motif_windows(pwm_info: np.ndarray, positions: int) -> np.ndarray:
-    """``(N, P)``: whether each of the model's ``P`` pooled windows (consecutive ``L // P`` positions;
-    the remainder the pooling drops is ignored) holds a motif position."""
+def _means(per_target: list[dict]) -> dict[str, float]:
+    return {k: float(np.nanmean([np.nanmean(pc[k]) for pc in per_target])) for k in ("auroc", "aupr", "snr")}
+
+
+def score_attributions(
+    methods, model: torch.nn.Module, test, targets: list[Target], *, gradients: dict | None = None, on_method=None, **kwargs
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Score every method in ``methods`` on ``targets``: ``attr_<method>_auroc/aupr/snr``, ``attr_n`` and
+    ``attr_saturated``, and ``{method: reason}`` for the methods the architecture does not support.
+
+    One gradient pass per target serves the gradient methods (:data:`GRADIENT_METHODS`); ``gradients``
+    may hold it already, ``{cls: (rows, gradients, logits)}`` for rows of which the target's are a prefix
+    (the paper's Task 2 saliency computes it for every positive). ``on_method(method, seconds, scores,
+    unsupported)`` is called after each method with the results so far.
+    """
+    import time
+
+    from hybridlens.analysis.attributions import NotSupported, unsupported_reason
+
+    gradients = dict(gradients or {})
+    out: dict[str, float] = {}
+    saturated = 0
+    for t in targets:
+        g = gradients.get(t.cls)
+        if g is None or len(g[0]) < len(t.rows) or not np.array_equal(g[0][: len(t.rows)], t.rows):
+            gradients[t.cls] = g = (t.rows, *logit_gradients(model, test.x[t.rows], t.cls))
+        saturated += int((g[2][: len(t.rows)].abs() > SATURATED_LOGIT).sum())
+    out["attr_n"] = float(sum(len(t.rows) for t in targets))
+    out["attr_saturated"] = float(saturated)
+    unsupported = {}
+    for method in methods:
+        t0 = time.perf_counter()
+        reason = unsupported_reason(method, model)
+        if reason:
+            unsupported[method] = reason
+            if on_method:
+                on_method(method, 0.0, out, unsupported)
+            continue
+        per_target = []
+        for t in targets:
+            x = test.x[t.rows]
+            if method in GRADIENT_METHODS:
+                attr = times_input(gradients[t.cls][1][: len(t.rows)], x, corrected=method == "saliency_corrected")
+            else:
+                try:
+                    attr = attribute(method, model, x, t.cls, **kwargs.get(method, {}))
+                except NotSupported as e:
+                    unsupported[method] = str(e)
+                    break
+            per_target.append(position_metrics(attr.sum(axis=1), t.motif, t.background))
+        if method not in unsupported:
+            out |= {f"attr_{method}_{k}": v for k, v in _means(per_target).items()}
+        if on_method:
+            on_method(method, time.perf_counter() - t0, out, unsupported)
+    return out, unsupported
+
+
+def floor_scores(methods, random_model: torch.nn.Module, test, targets: list[Target]) -> dict[str, float]:
+    """The floors of the attribution table: every supported method on a randomly initialised model
+    (``floor_weights_<method>_auroc/aupr``) and a random map, standard normal scores seeded with
+    :data:`FLOOR_SEED` (``floor_map_auroc/aupr``), on the same ``targets``."""
+    scores, _ = score_attributions(methods, random_model, test, targets)
+    out = {f"floor_weights_{k.removeprefix('attr_')}": v for k, v in scores.items() if k.endswith(("_auroc", "_aupr"))}
+    rng = np.random.default_rng(FLOOR_SEED)
+    per_target = [position_metrics(rng.standard_normal(t.motif.shape), t.motif, t.background) for t in targets]
+    means = _means(per_target)
+    return out | {"floor_map_auroc": means["auroc"], "floor_map_aupr": means["aupr"]}
+
+
+# ------------------------------------------------------------------------------------- attention
+def window_width(model: torch.nn.Module) -> int:
+    """Input positions per pooled window: the product of the model's pooling sizes (``Hybrid.pools``)."""
+    return int(np.prod(model.pools))
+
+
+def motif_windows(pwm_info: np.ndarray, width: int, positions: int) -> np.ndarray:
+    """``(N, P)``: whether window ``w`` (input positions ``[w * width, (w + 1) * width)``) has a position
+    with information > :data:`MOTIF_BITS`; positions past the last window are ignored."""
     n, length = pwm_info.shape
-    width = length // positions
+    if width * positions > length:
+        raise ValueError(f"{positions} windows of {width} positions do not fit a sequence of {length}")
     motif = pwm_info[:, : width * positions] > MOTIF_BITS
     return motif.reshape(n, positions, width).any(axis=2)
 
 
-def attention_scores(model: torch.nn.Module, test, task: str, *, max_sequences: int = MAX_SEQUENCES) -> dict[str, float]:
-    """``attn_auroc`` (mean over layers), ``attn_auroc_l<i>`` per layer and, on Task 1,
-    ``attn_motif_mass_ratio``; empty for a model without attention."""
-    if not any(True for _ in _attention_modules(model)):
-        return {}
+@dataclass
+class AttentionExample:
+    """One scored sequence's last-layer map ``(P, P)`` (mean over heads) and its motif windows ``(P,)``."""
+
+    row: int  # the sequence's index in the test split
+    weights: np.ndarray
+    windows: np.ndarray
+    width: int  # input positions per window
+
+
+def attention_rows(test, task: str, max_sequences: int = MAX_SEQUENCES) -> np.ndarray:
+    """The first ``max_sequences`` test sequences that hold a motif (Task 1: any label; Task 2: positives)."""
     rows = np.flatnonzero(test.y[:, 0] == 1) if task == "task2" else np.flatnonzero(test.y.sum(axis=1) > 0)
-    rows = rows[:max_sequences]
+    return rows[:max_sequences]
+
+
+def attention_scores(
+    model: torch.nn.Module, test, task: str, *, max_sequences: int = MAX_SEQUENCES
+) -> tuple[dict[str, float], AttentionExample | None]:
+    """``attn_auroc`` (mean over layers), ``attn_auroc_l<i>`` per layer and ``attn_motif_mass_ratio``
+    (module docstring), and an example map for the figure: the first scored sequence with two or more
+    motif windows. Empty and None for a model without attention."""
+    if not any(True for _ in _attention_modules(model)):
+        return {}, None
+    rows = attention_rows(test, task, max_sequences)
     info = information_content(test.model[rows], eps=1e-10)
     maps = attention_maps(model, test.x[rows])  # layers of (N, P, P), mean over heads
-    windows = motif_windows(info, maps[0].shape[-1])
+    width = window_width(model)
+    windows = motif_windows(info, width, maps[0].shape[-1])
     out = {}
     for layer, w in enumerate(maps):
         received = w.mean(axis=1)  # (N, P): mean over queries
         aucs = [_auc_scores(received[i], windows[i])[0] for i in range(len(rows))]
         out[f"attn_auroc_l{layer}"] = float(np.nanmean(aucs))
     out["attn_auroc"] = float(np.nanmean([out[f"attn_auroc_l{i}"] for i in range(len(maps))]))
-    if task == "task1" and test.placements is not None:
-        counts = np.bincount(test.placements["seq"], minlength=len(test.y))[rows]
-        ratios = [
-            motif_mass_ratio(w[i], windows[i])
-            for w in maps
-            for i in np.flatnonzero(counts >= 2)
-            if 0 < windows[i].sum() < windows[i].size
-        ]
-        if ratios:
-            out["attn_motif_mass_ratio"] = float(np.mean(ratios))
-    return out
+    several = [i for i in range(len(rows)) if 2 <= windows[i].sum() < windows[i].size]
+    ratios = [motif_mass_ratio(w[i], windows[i]) for w in maps for i in several]
+    if ratios:
+        out["attn_motif_mass_ratio"] = float(np.mean(ratios))
+    example = AttentionExample(int(rows[several[0]]), maps[-1][several[0]], windows[several[0]], width) if several else None
+    return out, example
 
 
 def motif_mass_ratio(weights: np.ndarray, motif: np.ndarray) -> float:

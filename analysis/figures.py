@@ -47,7 +47,8 @@ def _finish(fig, stem: Path, title: str, title_size: int) -> list[Path]:
 def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str | Path, *, title: str = "") -> list[Path]:
     """One row per baseline (C24, C4C6, C4), one column per metric, one point per architecture:
     x = ReLU mean, y = exponential mean, error bars = standard deviations (x error from ReLU,
-    y error from exp; the reference notebooks swapped them), the diagonal drawn.
+    y error from exp; the reference notebooks swapped them), the diagonal drawn. Each architecture
+    keeps one colour in every panel (:func:`architecture_colours`); each row's title names its series.
 
     ``summary`` has columns architecture, activation, ``<metric>_mean``, ``<metric>_std``.
     """
@@ -55,11 +56,12 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
     stem = Path(stem)
     from hybridlens.models.grid import BASELINES, GRID
 
+    colours = architecture_colours(list(GRID))
     rows = [b for b in BASELINES if any(GRID[a].baseline == b for a in summary["architecture"])]
     fig, axes = plt.subplots(len(rows), len(metrics), figsize=(3.2 * len(metrics), 3.0 * len(rows)), squeeze=False)
     legend: dict[str, object] = {}  # one legend per figure: architecture -> its marker
     for r, base in enumerate(rows):
-        sub = summary[summary["architecture"].str.split("-").str[0] == base]
+        sub = summary[[GRID[a].baseline == base for a in summary["architecture"]]]
         for c, m in enumerate(metrics):
             ax = axes[r][c]
             extent = []  # every point with its error bar
@@ -69,7 +71,7 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
                     continue
                 x, y = by.loc["relu", f"{m}_mean"], by.loc["exp", f"{m}_mean"]
                 xe, ye = by.loc["relu", f"{m}_std"], by.loc["exp", f"{m}_std"]
-                h = ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", ms=5, capsize=2, label=arch)
+                h = ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", ms=5, capsize=2, label=arch, color=colours[arch])
                 legend.setdefault(arch, h)
                 xe, ye = (v if np.isfinite(v) else 0.0 for v in (xe, ye))
                 extent += [x - xe, x + xe, y - ye, y + ye]
@@ -83,10 +85,18 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
             ax.set_ylabel(f"Exp {METRIC_LABELS.get(m, m)}", fontsize=8)
             ax.tick_params(labelsize=7)
             if c == 0:
-                ax.set_title(base, fontsize=9, loc="left")
+                shown = [a for a in dict.fromkeys(sub["architecture"])]
+                ax.set_title(f"{base} baseline: {', '.join(shown)}", fontsize=8, loc="left")
     if legend:
         fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _finish(fig, stem, title, 10)
+
+
+def architecture_colours(names: Sequence[str]) -> dict[str, tuple]:
+    """One colour per architecture, the same in every panel and figure (matplotlib's tab20, in grid order)."""
+    plt = _plt()
+    cmap = plt.get_cmap("tab20")
+    return {a: cmap(i % cmap.N) for i, a in enumerate(names)}
 
 
 def filter_title(match: dict, nsites: int | None) -> str:
@@ -191,22 +201,27 @@ def attribution_heatmap(table: pd.DataFrame, stem: str | Path, *, title: str = "
     return out
 
 
-def attention_example(weights: np.ndarray, motif_windows: np.ndarray, stem: str | Path, *, title: str = "") -> list[Path]:
+def attention_example(
+    weights: np.ndarray, motif_windows: np.ndarray, stem: str | Path, *, title: str = "", width: int | None = None
+) -> list[Path]:
     """One sequence's attention map ``(P, P)`` (rows: queries, columns: keys) with the windows that hold
-    a ground-truth motif marked on both axes."""
+    a ground-truth motif marked on both axes; with ``width``, each window is labelled with its input
+    positions (window ``w``: ``w * width`` to ``(w + 1) * width - 1``)."""
     plt = _plt()
     p = weights.shape[0]
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
     im = ax.imshow(weights, cmap="magma", vmin=0)
     for j in np.flatnonzero(motif_windows):
         for spot in ((j, -0.9), (-0.9, j)):
             ax.plot(*spot, marker="s", color="tab:cyan", ms=6, clip_on=False)
     ax.set_xlim(-1.3, p - 0.5)
     ax.set_ylim(p - 0.5, -1.3)
-    ax.set_xticks(range(p))
-    ax.set_yticks(range(p))
+    labels = [f"{w * width}-{(w + 1) * width - 1}" for w in range(p)] if width else [str(w) for w in range(p)]
+    ax.set_xticks(range(p), labels, rotation=90 if width else 0)
+    ax.set_yticks(range(p), labels)
     ax.tick_params(labelsize=6)
-    ax.set_xlabel("key window (cyan: holds a motif)", fontsize=7)
-    ax.set_ylabel("query window", fontsize=7)
+    unit = "positions" if width else "window"
+    ax.set_xlabel(f"key ({unit}; cyan: holds a motif)", fontsize=7)
+    ax.set_ylabel(f"query ({unit})", fontsize=7)
     fig.colorbar(im, ax=ax, shrink=0.8, label="attention")
     return _finish(fig, Path(stem), title, 8)

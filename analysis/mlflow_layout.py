@@ -28,6 +28,8 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 #: Prefix of the tag that records, per attribution method, why it cannot attribute the run's model.
 TAG_ATTR_NOT_SUPPORTED = "hybridlens.attr_not_supported."
+#: Why no attribution method could be scored on the run's dataset (a Task 1 file without placements).
+TAG_ATTR_UNAVAILABLE = "hybridlens.attr_unavailable"
 #: MLflow 3 records an experiment's kind in this tag; its UI (``ExperimentKind`` in MLflow's web app)
 #: shows "custom_model_development" as "Model training" and opens such an experiment on its runs.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"

@@ -21,7 +21,7 @@ from hybridlens.analysis import runs as mlruns
 from hybridlens.analysis.atomic import atomic_dir
 from hybridlens.analysis.attributions import DEFAULT_METHODS, MAX_SEQUENCES, parse_methods
 from hybridlens.analysis.errors import UserError
-from hybridlens.analysis.mlflow_layout import TAG_ATTR_NOT_SUPPORTED
+from hybridlens.analysis.mlflow_layout import TAG_ATTR_NOT_SUPPORTED, TAG_ATTR_UNAVAILABLE
 from hybridlens.analysis.motifs import ANALYSIS_RELEASE
 from hybridlens.analysis.selection import Selection, run_label, select_best
 from hybridlens.analysis.tasks import TASKS, TaskSpec
@@ -49,34 +49,30 @@ class RunError(Exception):
 # ------------------------------------------------------------------------------------- one run
 
 
+#: The size params a run records that ``models.build`` takes back.
+SIZE_PARAMS = ("filters", "lstm_units", "key_size", "dense_units", "num_outputs", "heads", "ffn_units", "kernel_size", "seq_len")
+
+
+def build_from_params(params: dict, *, seed: int | None = None):
+    """A freshly initialised model of the architecture, task, activation, sizes and init a run records."""
+    from hybridlens.models import build
+
+    sizes = {k: int(params[k]) for k in SIZE_PARAMS if k in params}
+    if "init" in params:
+        sizes["init"] = params["init"]
+    return build(params["architecture"], params["task"], params["activation"], seed=seed, **sizes)
+
+
 def load_model(uri: str, run, device: str = "cpu"):
     """The run's final weights in a freshly built model (weights-only loading)."""
     import torch
 
-    from hybridlens.models import build
-
-    p = run.data.params
     try:
         path = mlruns.download(uri, run.info.run_id, "model/weights.pt")
     except Exception as e:  # MLflow raises several types for a missing artifact
         raise RunError(f"no weights (model/weights.pt) logged: {type(e).__name__}") from None
-    sizes = {
-        k: int(p[k])
-        for k in (
-            "filters",
-            "lstm_units",
-            "key_size",
-            "dense_units",
-            "num_outputs",
-            "heads",
-            "ffn_units",
-            "kernel_size",
-            "seq_len",
-        )
-        if k in p
-    }
     try:
-        model = build(p["architecture"], p["task"], p["activation"], **sizes)
+        model = build_from_params(run.data.params)
         model.load_state_dict(torch.load(path, weights_only=True, map_location=device))
     except Exception as e:  # truncated, tampered or mismatched: torch raises several types
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
@@ -177,70 +173,106 @@ class _Shared:
     max_sequences: int = MAX_SEQUENCES
     echo: Echo = print
     unsupported: dict = field(default_factory=dict)  # run id -> {method: reason}
-    attention_examples: dict = field(default_factory=dict)  # (architecture, activation) -> (label, map, windows)
+    unavailable: dict = field(default_factory=dict)  # run id -> why no attribution could be scored
+    floors: dict = field(default_factory=dict)  # (architecture, activation) -> floor scores
+    attention_examples: list = field(default_factory=list)  # (rank value, label, AttentionExample)
 
 
-def analyze_run(run, shared: _Shared, tmp: Path) -> tuple[dict[str, float], Path | None, tuple | None]:
-    """One run: its interpretability metrics, the folder of files to log on it (or None) and, for the
-    best run of a configuration, ``(label, filter motifs, FilterMatches)`` for the logo grid.
-    Raises :class:`RunError` when the run cannot be analysed."""
+@dataclass
+class RunResult:
+    """One run's analysis: its metrics, the folder of files to log on it (or None), ``(label, filter
+    motifs, FilterMatches)`` for the logo grid of a configuration's best run, and its attention example."""
+
+    metrics: dict[str, float]
+    folder: Path | None = None
+    best: tuple | None = None
+    attention: object | None = None  # attribution_scores.AttentionExample
+
+
+def analyze_run(run, shared: _Shared, tmp: Path, rank_key: str = "") -> RunResult:
+    """One run: its interpretability metrics and files (:class:`RunResult`). Raises :class:`RunError`
+    when the run cannot be analysed."""
+    from hybridlens.analysis.attribution_scores import SATURATED_LOGIT, attention_scores
+    from hybridlens.analysis.attributions import logit_gradients
     from hybridlens.analysis.motif_match import comparison_database
-    from hybridlens.analysis.saliency import grad_times_input, saliency_metrics, summarize
+    from hybridlens.analysis.saliency import probability_saliency, saliency_metrics, summarize
 
     ds = shared.data.get(shared.uri, run)
     model = load_model(shared.uri, run, shared.device)
     if shared.database is None:
         shared.gt, gt_ids = _ground_truth(ds, shared.spec, shared.rule)
         shared.database = comparison_database(shared.release, gt_ids)
-    metrics, folder, best = {}, None, None
+    res = RunResult({})
     is_best = run.info.run_id in shared.best_ids
     if shared.spec.interpretation == "filters" or is_best:
         motifs, fm, sig = _filters(model, ds, shared.database, shared.gt)
-        folder = tmp / run.info.run_id
-        folder.mkdir()
+        res.folder = tmp / run.info.run_id
+        res.folder.mkdir()
         # the filters themselves are the run's filters/filters.meme, written by the trial (same weights, same data)
-        sig.to_csv(folder / "tomtom.tsv", sep="\t", index=False)
-        pd.DataFrame(fm.per_filter).to_csv(folder / "filter_matches.tsv", sep="\t", index=False)
+        sig.to_csv(res.folder / "tomtom.tsv", sep="\t", index=False)
+        pd.DataFrame(fm.per_filter).to_csv(res.folder / "filter_matches.tsv", sep="\t", index=False)
         if shared.spec.interpretation == "filters":
-            metrics.update(tpr=fm.tpr, fpr=fm.fpr)
+            res.metrics.update(tpr=fm.tpr, fpr=fm.fpr)
         if is_best:
-            best = (run_label(run), motifs, fm)
+            res.best = (run_label(run), motifs, fm)
+    gradients = {}
     if shared.spec.interpretation == "saliency":
-        pos = ds.test.y[:, 0] == 1
-        scores = grad_times_input(model, ds.test.x[pos])
-        metrics.update(summarize(saliency_metrics(scores, ds.test.model[pos])))
-    metrics.update(_attributions(run, model, ds, shared, is_best))
-    return metrics, folder, best
+        # the paper's saliency (the probability's gradient) on every positive, from the logit's gradient,
+        # which the attribution methods' saliency reuses for its first max_sequences positives
+        pos = np.flatnonzero(ds.test.y[:, 0] == 1)
+        g, logits = logit_gradients(model, ds.test.x[pos], 0)
+        res.metrics.update(summarize(saliency_metrics(probability_saliency(g, logits, ds.test.x[pos]), ds.test.model[pos])))
+        res.metrics.update(saliency_n=float(len(pos)), saliency_saturated=float((logits.abs() > SATURATED_LOGIT).sum()))
+        gradients[0] = (pos, g, logits)
+    res.metrics.update(_attributions(run, model, ds, shared, gradients))
+    att, res.attention = attention_scores(model, ds.test, shared.spec.name, max_sequences=shared.max_sequences)
+    res.metrics.update(att)
+    return res
 
 
-def _attributions(run, model, ds, shared: _Shared, is_best: bool) -> dict[str, float]:
-    """Every configured attribution method's scores and, for attention models, the attention scores;
-    methods an architecture does not support are recorded in ``shared.unsupported``."""
-    from hybridlens.analysis.attribution_scores import attention_maps, attention_scores, motif_windows, score_method
-    from hybridlens.analysis.attributions import NotSupported
-    from hybridlens.analysis.motifs import information_content
+def _attributions(run, model, ds, shared: _Shared, gradients: dict) -> dict[str, float]:
+    """Every configured attribution method's scores on the run's scoring targets; methods the
+    architecture does not support go to ``shared.unsupported``, a dataset that cannot be scored to
+    ``shared.unavailable``."""
+    from hybridlens.analysis.attribution_scores import Unavailable, score_attributions, scoring_targets
 
-    out: dict[str, float] = {}
-    for method in shared.attributions:
-        t0 = time.perf_counter()
+    if not shared.attributions:
+        return {}
+    try:
+        targets = scoring_targets(ds.test, shared.spec.name, max_sequences=shared.max_sequences)
+    except Unavailable as e:
+        shared.unavailable[run.info.run_id] = str(e)
+        shared.echo(f"      {run_label(run)} attributions unavailable: {e}")
+        return {}
+    label = run_label(run)
+
+    def said(method: str, seconds: float, scores: dict, unsupported: dict) -> None:
+        if method in unsupported:
+            shared.echo(f"      {label} {method}: not supported ({unsupported[method]})")
+        else:
+            shared.echo(f"      {label} {method}: AUROC {scores[f'attr_{method}_auroc']:.3f} ({seconds:.0f} s)")
+
+    scores, unsupported = score_attributions(shared.attributions, model, ds.test, targets, gradients=gradients, on_method=said)
+    if unsupported:
+        shared.unsupported[run.info.run_id] = unsupported
+    return scores
+
+
+def compute_floors(sel: Selection, shared: _Shared) -> None:
+    """The attribution table's floors per configuration, on its best run's dataset and scoring targets:
+    a randomly initialised model of the architecture (seed FLOOR_SEED) and a random map."""
+    from hybridlens.analysis.attribution_scores import FLOOR_SEED, Unavailable, floor_scores, scoring_targets
+
+    if not shared.attributions:
+        return
+    for key, runs in sel.chosen.items():
         try:
-            out.update(score_method(method, model, ds.test, shared.spec.name, max_sequences=shared.max_sequences))
-            shared.echo(
-                f"      {run_label(run)} {method}: AUROC {out[f'attr_{method}_auroc']:.3f} ({time.perf_counter() - t0:.0f} s)"
-            )
-        except NotSupported as e:
-            shared.unsupported.setdefault(run.info.run_id, {})[method] = str(e)
-            shared.echo(f"      {run_label(run)} {method}: not supported ({e})")
-    att = attention_scores(model, ds.test, shared.spec.name, max_sequences=shared.max_sequences)
-    out.update(att)
-    if att and is_best:  # an example map for the figure: the first test sequence with two motif windows
-        info = information_content(ds.test.model[:50], eps=1e-10)
-        maps = attention_maps(model, ds.test.x[:50])
-        windows = motif_windows(info, maps[-1].shape[-1])
-        i = int(np.argmax(windows.sum(axis=1) >= 2))
-        key = (run.data.params["architecture"], run.data.params["activation"])
-        shared.attention_examples[key] = (run_label(run), maps[-1][i], windows[i])
-    return out
+            ds = shared.data.get(shared.uri, runs[0])
+            targets = scoring_targets(ds.test, shared.spec.name, max_sequences=shared.max_sequences)
+        except (RunError, Unavailable):
+            continue
+        model = build_from_params(runs[0].data.params, seed=FLOOR_SEED).to(shared.device).eval()
+        shared.floors[key] = floor_scores(shared.attributions, model, ds.test, targets)
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out: Path, caption: str) -> list[Path]:
@@ -274,36 +306,64 @@ def draw_figures(summary: pd.DataFrame, best_filters: dict, spec: TaskSpec, out:
 
 
 def attribution_table(selected: pd.DataFrame, shared: _Shared) -> pd.DataFrame | None:
-    """One row per (method, architecture, activation): mean and std of the attribution AUROC, AUPR and
-    SNR over the selected runs, and a note where the method does not support the architecture."""
+    """One row per (method, architecture, activation): mean, std and standard error of the attribution
+    AUROC, AUPR and SNR over the selected runs; ``sequences``, the (sequence, class) pairs each run
+    scored (the same for every method); ``saturated``, how many of them have ``|logit| > 16`` (mean
+    over runs); the floors of a randomly initialised model (``floor_weights_*``) and of a random map
+    (``floor_map_*``); and a note where the method does not support the architecture or the dataset
+    cannot be scored."""
     from hybridlens.analysis.stats import aggregate
 
-    arch_of = dict(zip(selected["run_id"], selected["architecture"]))
-    reasons = {(m, arch_of[r]): why for r, ms in shared.unsupported.items() if r in arch_of for m, why in ms.items()}
+    if not shared.attributions:
+        return None
+    keys = list(zip(selected["architecture"], selected["activation"]))
+    key_of = dict(zip(selected["run_id"], keys))
+    reasons = {(m, key_of[r]): why for r, ms in shared.unsupported.items() if r in key_of for m, why in ms.items()}
+    unavailable = {key_of[r]: why for r, why in shared.unavailable.items() if r in key_of}
+    counts = selected.reindex(columns=["architecture", "activation", "attr_n", "attr_saturated"])
+    per_key = counts.groupby(["architecture", "activation"], sort=False).agg({"attr_n": "max", "attr_saturated": "mean"})
     parts = []
     for method in shared.attributions:
         cols = [f"attr_{method}_{k}" for k in ("auroc", "aupr", "snr")]
         t = aggregate(selected.reindex(columns=["architecture", "activation", *cols]), cols)
         t = t.rename(columns=lambda c: c.replace(f"attr_{method}_", ""))
         t.insert(0, "method", method)
-        t["note"] = [f"not supported: {reasons[(method, a)]}" if (method, a) in reasons else "" for a in t["architecture"]]
+        tkeys = list(zip(t["architecture"], t["activation"]))
+        t["sequences"] = [per_key["attr_n"].get(k, np.nan) for k in tkeys]
+        t["saturated"] = [per_key["attr_saturated"].get(k, np.nan) for k in tkeys]
+        for floor in ("auroc", "aupr"):
+            t[f"floor_weights_{floor}"] = [shared.floors.get(k, {}).get(f"floor_weights_{method}_{floor}", np.nan) for k in tkeys]
+        for floor in ("auroc", "aupr"):
+            t[f"floor_map_{floor}"] = [shared.floors.get(k, {}).get(f"floor_map_{floor}", np.nan) for k in tkeys]
+        t["note"] = [
+            f"unavailable: {unavailable[k]}"
+            if k in unavailable
+            else f"not supported: {reasons[(method, k)]}"
+            if (method, k) in reasons
+            else ""
+            for k in tkeys
+        ]
         parts.append(t)
-    return pd.concat(parts, ignore_index=True) if parts else None
+    return pd.concat(parts, ignore_index=True)
 
 
 def _attribution_figures(table: pd.DataFrame | None, shared: _Shared, out: Path, study: str) -> list[Path]:
+    """The attribution heat map, and the attention map of the best attention run by the ranking metric."""
     from hybridlens.analysis.figures import attention_example, attribution_heatmap
 
     files = []
-    if table is not None and len(table):
+    if table is not None and table["auroc_mean"].notna().any():
         files += attribution_heatmap(
             table, out / "attribution_auroc", title=f"{study}: attribution AUROC against the ground truth"
         )
     if shared.attention_examples:
-        key = sorted(shared.attention_examples, key=lambda k: (k[1] != "exp", k))[0]
-        label, weights, windows = shared.attention_examples[key]
+        _, label, ex = max(shared.attention_examples, key=lambda e: e[0])
         files += attention_example(
-            weights, windows, out / "attention_example", title=f"{label}: attention (last layer, mean over heads)"
+            ex.weights,
+            ex.windows,
+            out / "attention_example",
+            title=f"{label} (best attention run by the ranking metric)\ntest sequence {ex.row}: last layer, mean over heads",
+            width=ex.width,
         )
     return files
 
@@ -392,16 +452,21 @@ def analyze_study(
         for i, run in enumerate(sel.usable, 1):
             label = run_label(run)
             try:
-                metrics, folder, best = analyze_run(run, shared, tmp)
+                res = analyze_run(run, shared, tmp)
             except RunError as e:
                 skipped.append((label, str(e)))
                 echo(f"  [{i}/{len(sel.usable)}] {label}: skipped: {e}")
                 continue
-            _log_run(c, run, {logged_metric(k, ground_truth): v for k, v in metrics.items()}, folder)
+            metrics = res.metrics
+            _log_run(c, run, {logged_metric(k, ground_truth): v for k, v in metrics.items()}, res.folder)
             for method, reason in shared.unsupported.get(run.info.run_id, {}).items():
                 c.set_tag(run.info.run_id, f"{TAG_ATTR_NOT_SUPPORTED}{method}", reason)
-            if best is not None:
-                best_filters[shared.best_ids[run.info.run_id]] = best
+            if run.info.run_id in shared.unavailable:
+                c.set_tag(run.info.run_id, TAG_ATTR_UNAVAILABLE, shared.unavailable[run.info.run_id])
+            if res.best is not None:
+                best_filters[shared.best_ids[run.info.run_id]] = res.best
+            if res.attention is not None:
+                shared.attention_examples.append((run.data.metrics.get(sel.rank_key, -np.inf), label, res.attention))
             p, m = run.data.params, run.data.metrics
             rows.append(
                 {
@@ -414,20 +479,27 @@ def analyze_study(
                     **metrics,
                 }
             )
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if not k.startswith(("attr_", "attn_auroc_l")))
+            shown = ", ".join(
+                f"{k} {v:.3f}"
+                for k, v in metrics.items()
+                if not k.startswith(("attr_", "attn_auroc_l", "saliency_n", "saliency_sat"))
+            )
             echo(f"  [{i}/{len(sel.usable)}] {label}: {shown}")
         if not rows:
             raise UserError(f"no run of study {study!r} could be analysed ({len(skipped)} skipped)")
 
         per_run = _grid_order(pd.DataFrame(rows))
         metrics_list = CLASS_METRICS + list(spec.interp_metrics)
-        summary = aggregate(per_run[per_run["selected"]], metrics_list)
+        summary = aggregate(per_run[per_run["selected"]], metrics_list, all_runs=per_run)
         summary["finished"] = [sel.available.get(k, 0) for k in zip(summary["architecture"], summary["activation"])]
         paired = paired_exp_vs_relu(per_run, metrics_list)
+        compute_floors(sel, shared)
         out = Path(out_dir) if out_dir else tmp / "out"
         caption = (
             f"Study {study}, {spec.name}: {sel.best_of()} finished runs per configuration (top_k {sel.top_k}) ranked on {sel.rank_key}; "
-            f"ground truth: {ground_truth}" + ("" if spec.interpretation == "filters" else " (filter labels only)") + "."
+            f"ground truth: {ground_truth}" + ("" if spec.interpretation == "filters" else " (filter labels only)") + "; "
+            "_mean, _std (population, ddof 0, as the paper) and _se (standard error, ddof 1) over those runs, _all_mean over "
+            "every finished run."
         )
         if skipped:
             caption += f" Skipped {len(skipped)} run(s): " + "; ".join(f"{label} ({why})" for label, why in skipped) + "."
@@ -439,8 +511,11 @@ def analyze_study(
             "rank_on": rank_on,
             "ground_truth": ground_truth,
             "release": release,
+            "attributions": list(shared.attributions),
+            "max_sequences": max_sequences,
             "runs_analysed": len(rows),
             "skipped": skipped,
+            "attributions_unavailable": sorted(set(shared.unavailable.values())),
         }
         # all or nothing: tables, figures and analysis.json are written to a fresh folder that then
         # replaces the old one; the parent run gets them only after that
@@ -454,7 +529,12 @@ def analyze_study(
                 tables["attention"] = aggregate(per_run[per_run["selected"]].dropna(subset=["attn_auroc"]), att_cols)
             written = write_tables(tables, staging, caption)
             written += draw_figures(
-                summary, best_filters, spec, staging, f"{study}: exp vs relu ({sel.best_of()} per configuration)", echo
+                summary,
+                best_filters,
+                spec,
+                staging,
+                f"{study}: exp vs relu, {sel.best_of()} runs per configuration; error bars: std (ddof 0) over those runs",
+                echo,
             )
             written += _attribution_figures(attr_table, shared, staging, study)
             (staging / "analysis.json").write_text(json.dumps(meta, indent=2))

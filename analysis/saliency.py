@@ -51,6 +51,15 @@ def grad_times_input(
     return torch.cat(out).numpy()
 
 
+def probability_saliency(gradients: torch.Tensor, logits: torch.Tensor, x) -> np.ndarray:
+    """:func:`grad_times_input` from the logit's gradient (:func:`~.attributions.logit_gradients`), with
+    no second backward pass: the probability's gradient is the logit's times ``s(1 - s)``, computed in
+    float32 as autograd does (0 where the sigmoid saturates). ``(N, L)``."""
+    s = torch.sigmoid(logits.to(torch.float32))
+    scale = (s * (1 - s)).reshape(-1, 1, 1)
+    return (gradients * scale * torch.as_tensor(np.asarray(x), dtype=torch.float32)).sum(dim=1).numpy()
+
+
 def _auc_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     from sklearn.metrics import auc, precision_recall_curve, roc_curve
 

@@ -6,15 +6,35 @@ import numpy as np
 import pandas as pd
 
 
-def aggregate(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Mean and standard deviation (population, ddof = 0, as the reference code) of ``metrics`` per
-    (architecture, activation), over the rows of ``per_run`` (the selected runs)."""
+def aggregate(per_run: pd.DataFrame, metrics: list[str], *, all_runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (architecture, activation), over the rows of ``per_run`` (the selected runs): the mean, the
+    standard deviation (population, ddof = 0, as the reference code: ``_std``) and the standard error of
+    the mean (sample std / sqrt(n): ``_se``) of each of ``metrics``, and ``runs`` (n). With ``all_runs``,
+    also each metric's mean over all of its rows (``_all_mean``: every finished run, not only the best k)."""
     g = per_run.groupby(["architecture", "activation"], sort=False)[metrics]
-    mean, std = g.mean(), g.std(ddof=0)
-    out = pd.concat({"mean": mean, "std": std, "n": g.count().iloc[:, :1].rename(columns=lambda _: "runs")}, axis=1)
-    out.columns = [f"{m}_{stat}" if stat != "n" else "runs" for stat, m in out.columns]
-    cols = [f"{m}_{stat}" for m in metrics for stat in ("mean", "std")] + ["runs"]
-    return out[cols].reset_index()
+    n = g.count()
+    stats = {"mean": g.mean(), "std": g.std(ddof=0), "se": g.std(ddof=1) / np.sqrt(n)}
+    if all_runs is not None:
+        stats["all_mean"] = all_runs.groupby(["architecture", "activation"], sort=False)[metrics].mean()
+    out = pd.concat(stats, axis=1)
+    out.columns = [f"{m}_{stat}" for stat, m in out.columns]
+    out["runs"] = n.iloc[:, 0] if len(metrics) else 0
+    cols = [f"{m}_{stat}" for m in metrics for stat in stats] + ["runs"]
+    return out.loc[g.mean().index, cols].reset_index()
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN entries are not in the family):
+    the i-th smallest of m becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
 
 
 #: The fewest seed pairs for which the paired test is reported (with 2 pairs the smallest two-sided
@@ -25,8 +45,9 @@ MIN_PAIRS = 3
 def paired_exp_vs_relu(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Per architecture and metric: runs paired by seed, ``d = exp - relu``; mean difference, Cohen's
     d_z = mean(d) / sd(d) and the Wilcoxon signed-rank p-value (two-sided), reported only with at least
-    :data:`MIN_PAIRS` pairs. ``note`` says why a value is missing: too few pairs, or a difference that
-    is the same for every pair (d_z undefined; no test when it is zero)."""
+    :data:`MIN_PAIRS` pairs, and that p-value Holm-adjusted over the architectures tested on the same
+    metric (``wilcoxon_p_holm``). ``note`` says why a value is missing: too few pairs, or a difference
+    that is the same for every pair (d_z undefined; no test when it is zero)."""
     from scipy.stats import wilcoxon
 
     rows = []
@@ -55,10 +76,16 @@ def paired_exp_vs_relu(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFram
                     "mean_diff_exp_minus_relu": float(d.mean()) if d.size else np.nan,
                     "cohens_dz": dz,
                     "wilcoxon_p": p,
+                    "wilcoxon_p_holm": np.nan,
                     "note": note,
                 }
             )
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    for m in metrics:
+        if len(out):
+            same = out["metric"] == m
+            out.loc[same, "wilcoxon_p_holm"] = holm(out.loc[same, "wilcoxon_p"].to_numpy())
+    return out
 
 
 def to_markdown(df: pd.DataFrame, digits: int = 3, caption: str | None = None) -> str:

@@ -61,25 +61,83 @@ def test_every_method_finds_the_planted_motif(method):
     assert auroc > 0.95
 
 
-def test_saliency_is_the_papers_grad_times_input():
+def test_every_method_attributes_the_logit_even_where_the_sigmoid_saturates():
+    """A scanner whose logit is 4 + 10 x (its ReLU'd match score) - 4: about 100 on the motif, so the
+    sigmoid saturates and the probability's gradient (the paper's saliency) is exactly 0, scoring every
+    position alike (AUROC 0.5); every attribution method, on the logit, still finds the motif."""
+    from hybridlens.analysis.attributions import logit_gradients
+    from hybridlens.analysis.saliency import probability_saliency
+
+    torch.manual_seed(0)
+    loud = MotifScanner()
+    loud.out.weight.data.fill_(10.0)
+    x, pwm = _planted(20)
+    g, logits = logit_gradients(loud, x, 0)
+    assert (logits > 16).all()
+    paper = probability_saliency(g, logits, x)
+    assert (paper == 0).all() and np.nanmean(saliency_metrics(paper, pwm)["auroc"]) == pytest.approx(0.5)
+    for method in METHODS:
+        kwargs = {"n_shuffles": 4} if method == "deep_lift_shap" else {"samples": 4} if "smoothgrad" in method else {}
+        attr = attribute(method, loud, x, 0, **kwargs)
+        assert np.nanmean(saliency_metrics(attr.sum(axis=1), pwm)["auroc"]) > 0.95, method
+
+
+def test_saliency_is_grad_times_input_of_the_logit_and_gives_the_papers_saliency():
+    """attribute('saliency') is the logit's gradient times the input; the paper's probability saliency
+    derived from that one gradient pass equals grad_times_input's own backward pass."""
+    from hybridlens.analysis.attributions import logit_gradients
+    from hybridlens.analysis.saliency import probability_saliency
+
     x, _ = _planted(8)
     x = np.concatenate([x, x], axis=2)  # length 200, as the models take
     model = build("C24", "task2", "exp", seed=1).eval()
-    np.testing.assert_allclose(attribute("saliency", model, x).sum(axis=1), grad_times_input(model, x), rtol=1e-5, atol=1e-7)
+    xt = torch.tensor(x, requires_grad=True)
+    model(xt)[:, 0].sum().backward()
+    np.testing.assert_allclose(attribute("saliency", model, x), xt.grad.numpy() * x, rtol=1e-5, atol=1e-7)
+    g, logits = logit_gradients(model, x, 0)
+    np.testing.assert_allclose(probability_saliency(g, logits, x), grad_times_input(model, x), rtol=1e-5, atol=1e-8)
 
 
 def test_saliency_corrected_by_hand():
-    """(g - mean over the 4 nucleotides of g) * x, with g the probability's gradient taken by hand."""
+    """(g - mean over the 4 nucleotides of g) * x, with g the logit's gradient taken by hand."""
     x, _ = _planted(6)
     x = np.concatenate([x, x], axis=2)
     model = build("C4C6", "task2", "relu", seed=2).eval()
     xt = torch.tensor(x, requires_grad=True)
-    torch.sigmoid(model(xt))[:, 0].sum().backward()
+    model(xt)[:, 0].sum().backward()
     g = xt.grad.numpy()
     expected = (g - g.mean(axis=1, keepdims=True)) * x
     np.testing.assert_allclose(attribute("saliency_corrected", model, x), expected, rtol=1e-5, atol=1e-8)
     # the correction moves the scores: not plain saliency
     assert not np.allclose(attribute("saliency", model, x), expected)
+
+
+def test_smoothgrad_and_its_correction_by_hand():
+    """The logit's gradient averaged over 3 noisy copies (the same seeded noise), times the input; the
+    corrected variant subtracts each position's mean averaged gradient first."""
+    x, _ = _planted(4)
+    x = np.concatenate([x, x], axis=2)
+    model = build("C24", "task2", "exp", seed=3).eval()
+    gen, xt, total = torch.Generator().manual_seed(5), torch.tensor(x), torch.zeros(x.shape)
+    for _ in range(3):
+        noisy = (xt + 0.1 * torch.randn(x.shape, generator=gen)).requires_grad_(True)
+        model(noisy)[:, 0].sum().backward()
+        total += noisy.grad
+    g = (total / 3).numpy()
+    np.testing.assert_allclose(attribute("smoothgrad", model, x, samples=3, seed=5), g * x, rtol=1e-5, atol=1e-8)
+    corrected = (g - g.mean(axis=1, keepdims=True)) * x
+    np.testing.assert_allclose(attribute("smoothgrad_corrected", model, x, samples=3, seed=5), corrected, rtol=1e-5, atol=1e-8)
+
+
+def test_integrated_gradients_with_shuffled_baselines_averages_them():
+    """The shuffled baseline's IG is the mean of the IG from each of its shuffles: with one shuffle,
+    positions where the shuffle kept the base score exactly 0; averaged over 10, far fewer do."""
+    x, _ = _planted(6)
+    x = np.concatenate([x, x], axis=2)
+    model = build("C24", "task2", "exp", seed=4).eval()
+    one = attribute("integrated_gradients", model, x, baseline="shuffle", shuffles=1, steps=8).sum(axis=1)
+    ten = attribute("integrated_gradients", model, x, baseline="shuffle", shuffles=10, steps=8).sum(axis=1)
+    assert (one == 0).mean() > 0.15 and (ten == 0).mean() < 0.02
 
 
 def test_ism_of_a_linear_model_is_its_centred_weights():
@@ -110,7 +168,7 @@ def test_every_method_runs_on_each_family_or_says_why_not(name):
                 attribute(method, model, x)
             support[method] = "not supported"
         else:
-            kwargs = {"n_shuffles": 4} if method == "deep_lift_shap" else {"samples": 3} if method == "smoothgrad" else {}
+            kwargs = {"n_shuffles": 4} if method == "deep_lift_shap" else {"samples": 3} if "smoothgrad" in method else {}
             attr = attribute(method, model, x, **kwargs)
             assert attr.shape == x.shape and np.isfinite(attr).all()
             support[method] = "ok"

@@ -28,10 +28,14 @@ def _ray_shutdown():
     ray.shutdown()
 
 
-def _study(tmp: Path, task: str, archs: list[str]) -> tuple[Path, dict]:
+def _study(tmp: Path, task: str, archs: list[str], *, placements: bool = True) -> tuple[Path, dict]:
     data = tmp / f"{task}.h5"
     sim = simulate_task1 if task == "task1" else simulate_task2
-    write_dataset(data, sim(num_seqs=400, seed=5))
+    ds = sim(num_seqs=400, seed=5)
+    if not placements:  # the original papers' layout: X, Y and model only
+        for split in (ds.train, ds.valid, ds.test):
+            split.placements = None
+    write_dataset(data, ds)
     cfg = tmp / f"{task}.yaml"
     cfg.write_text(
         yaml.safe_dump(
@@ -81,7 +85,10 @@ def test_study_runs_the_analysis_and_logs_it(task1):
     ):
         assert f in names, f
     summ = pd.read_csv(out / "summary.csv")
-    assert set(summ.columns) >= {"architecture", "activation", "tpr_mean", "tpr_std", "fpr_mean", "test_aupr_mean", "runs"}
+    assert set(summ.columns) >= {"architecture", "activation", "tpr_mean", "tpr_std", "tpr_se", "tpr_all_mean", "fpr_mean",
+                                 "test_aupr_mean", "runs"}  # fmt: skip
+    paired = pd.read_csv(out / "paired_exp_vs_relu.csv")
+    assert {"wilcoxon_p", "wilcoxon_p_holm"} <= set(paired.columns)
     assert len(summ) == 4 and (summ["runs"] == 1).all()
     assert ((summ["tpr_mean"] >= 0) & (summ["tpr_mean"] <= 1)).all()
     c = client(summary.launch.tracking_uri)
@@ -153,8 +160,13 @@ def test_task2_saliency_end_to_end(tmp_path):
     work, summary = _study(tmp_path, "task2", ["C4", "C4-Att"])
     res = summary.analysis
     assert set(res.per_run.columns) >= {"saliency_auroc", "saliency_aupr", "saliency_snr", "test_auroc"}
-    # the default attribution methods; 'saliency' is the paper's saliency, computed a second way
-    pd.testing.assert_series_equal(res.per_run["attr_saliency_auroc"], res.per_run["saliency_auroc"], check_names=False)
+    # the default attribution methods attribute the logit; the paper's saliency (the probability's
+    # gradient, every positive) ranks positions alike unless the sigmoid saturates, and with fewer than
+    # max_sequences positives both score the same sequences
+    assert (res.per_run["saliency_saturated"] == 0).all() and (res.per_run["attr_n"] == res.per_run["saliency_n"]).all()
+    pd.testing.assert_series_equal(
+        res.per_run["attr_saliency_auroc"], res.per_run["saliency_auroc"], check_names=False, atol=1e-6, rtol=0
+    )
     assert ((res.per_run["attr_saliency_corrected_auroc"] >= 0) & (res.per_run["attr_saliency_corrected_auroc"] <= 1)).all()
     out = work / "analysis" / "tiny-task2"
     att = pd.read_csv(out / "attention.csv")
@@ -162,6 +174,8 @@ def test_task2_saliency_end_to_end(tmp_path):
     assert (out / "attention_example.png").is_file() and (out / "attribution_auroc.png").is_file()
     attr = pd.read_csv(out / "attributions.csv")
     assert sorted(set(attr["method"])) == ["saliency", "saliency_corrected"] and len(attr) == 8
+    assert (attr.groupby("architecture")["sequences"].nunique() == 1).all()  # every method, the same sequences
+    assert attr["floor_map_auroc"].between(0.4, 0.6).all() and attr["floor_weights_auroc"].notna().all()
     assert ((res.per_run["saliency_auroc"] >= 0) & (res.per_run["saliency_auroc"] <= 1)).all()
     out = work / "analysis" / "tiny-task2"
     assert (out / "fig3_task2.png").is_file() and (out / "logos_C4_exp.png").is_file()
@@ -270,7 +284,30 @@ def test_attributions_on_request_and_a_rerun_adds_no_duplicates(task1):
     attr = pd.read_csv(out / "attributions.csv")
     assert sorted(set(attr["method"])) == ["ism", "saliency", "saliency_corrected"] and len(attr) == 12
     assert attr["auroc_mean"].between(0, 1).all() and (attr["runs"] == 1).all()
+    assert (attr["sequences"] == 3 * 12).all()  # 3 per class, 12 classes, the same for every method and run
+    assert {"auroc_se", "saturated", "floor_weights_auroc", "floor_weights_aupr", "floor_map_auroc", "floor_map_aupr"} <= set(
+        attr
+    )
     assert (out / "attribution_auroc.png").is_file() and (out / "attributions.md").read_text().startswith("Study tiny-task1")
     per_run = pd.read_csv(out / "per_run.csv").set_index("run_id")
     for run in child_runs(c, launch.experiment_id, launch.parent_run_id):  # the latest values: this analysis's
         assert run.data.metrics["attr_saliency_auroc"] == pytest.approx(per_run.loc[run.info.run_id, "attr_saliency_auroc"])
+
+
+def test_a_task1_file_without_placements_is_analysed_without_attributions(tmp_path):
+    """The lab's original Task 1 file has no placements, which per-class attribution scoring needs: the
+    analysis finishes (filters, tables, figures), and the attributions say why they are missing."""
+    import json
+
+    from hybridlens.analysis.mlflow_layout import TAG_ATTR_UNAVAILABLE
+
+    work, summary = _study(tmp_path, "task1", ["C24"], placements=False)
+    res = summary.analysis
+    assert res is not None and len(res.per_run) == 2 and res.per_run["tpr"].between(0, 1).all()
+    out = work / "analysis" / "tiny-task1"
+    attr = pd.read_csv(out / "attributions.csv")
+    assert attr["note"].str.startswith("unavailable: the dataset has no motif placements").all()
+    assert json.loads((out / "analysis.json").read_text())["attributions_unavailable"]
+    c = client(summary.launch.tracking_uri)
+    for r in child_runs(c, summary.launch.experiment_id, summary.launch.parent_run_id):
+        assert "no motif placements" in r.data.tags[TAG_ATTR_UNAVAILABLE] and "tpr" in r.data.metrics

@@ -75,3 +75,33 @@ def test_a_constant_difference_is_named_not_nan():
     assert zero["note"] == "constant difference (+0 for every pair)" and np.isnan(zero["wilcoxon_p"])
     md = to_markdown(paired_exp_vs_relu(_pairs([0.125] * 4), ["tpr"]))
     assert "nan" not in md and "| – |" in md and "constant difference" in md
+
+
+def test_standard_error_and_all_runs_mean():
+    f = _frame()
+    s = aggregate(f[f["seed"] < 2], ["tpr"], all_runs=f).set_index("activation")
+    assert s.loc["exp", "tpr_se"] == pytest.approx(np.std([0.5, 0.6], ddof=1) / np.sqrt(2))
+    assert s.loc["exp", "tpr_std"] == pytest.approx(0.05)  # still the paper's ddof 0
+    assert s.loc["exp", "tpr_all_mean"] == pytest.approx(0.6) and s.loc["exp", "tpr_mean"] == pytest.approx(0.55)
+    assert s.loc["exp", "runs"] == 2
+    one = aggregate(f[f["seed"] == 0], ["tpr"])
+    assert one["tpr_se"].isna().all() and (one["tpr_std"] == 0).all()  # no standard error from one run
+
+
+def test_holm_by_hand():
+    from hybridlens.analysis.stats import holm
+
+    # sorted 0.01, 0.02, 0.04 of m = 3: 3 * 0.01 = 0.03, 2 * 0.02 = 0.04, 1 * 0.04 = 0.04 (monotone)
+    np.testing.assert_allclose(holm([0.04, 0.01, np.nan, 0.02]), [0.04, 0.03, np.nan, 0.04])
+    np.testing.assert_allclose(holm([0.5, 0.3]), [0.6, 0.6])  # 2 * 0.3 = 0.6, then max(0.6, 0.5)
+    np.testing.assert_allclose(holm([0.9, 0.8]), [1.0, 1.0])  # capped at 1
+
+
+def test_paired_p_values_are_holm_adjusted_across_architectures():
+    d = [0.1, 0.25, 0.05, 0.3, -0.02]
+    f = pd.concat([_pairs(d), _pairs([0.125] * 4).assign(architecture="C4C6")])
+    p = paired_exp_vs_relu(f, ["tpr"]).set_index("architecture")
+    raw = p["wilcoxon_p"]
+    assert raw["C24"] == pytest.approx(4 / 32) and raw["C4C6"] == pytest.approx(2 / 16)
+    # two tests, equal p = 0.125: both become 2 * 0.125
+    assert p["wilcoxon_p_holm"].tolist() == pytest.approx([0.25, 0.25])
