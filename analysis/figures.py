@@ -93,10 +93,13 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
 
 
 def architecture_colours(names: Sequence[str]) -> dict[str, tuple]:
-    """One colour per architecture, the same in every panel and figure (matplotlib's tab20, in grid order)."""
+    """One colour per architecture, the same in every panel and figure: matplotlib's tab20 in grid order,
+    its 10 strong colours first, then their light twins (so a baseline's row never mixes a colour with
+    its twin)."""
     plt = _plt()
     cmap = plt.get_cmap("tab20")
-    return {a: cmap(i % cmap.N) for i, a in enumerate(names)}
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return {a: cmap(order[i % 20]) for i, a in enumerate(names)}
 
 
 def filter_title(match: dict, nsites: int | None) -> str:

@@ -329,7 +329,7 @@ def attribution_table(selected: pd.DataFrame, shared: _Shared) -> pd.DataFrame |
         t = t.rename(columns=lambda c: c.replace(f"attr_{method}_", ""))
         t.insert(0, "method", method)
         tkeys = list(zip(t["architecture"], t["activation"]))
-        t["sequences"] = [per_key["attr_n"].get(k, np.nan) for k in tkeys]
+        t["sequences"] = pd.array([per_key["attr_n"].get(k, np.nan) for k in tkeys], dtype="Float64").astype("Int64")
         t["saturated"] = [per_key["attr_saturated"].get(k, np.nan) for k in tkeys]
         for floor in ("auroc", "aupr"):
             t[f"floor_weights_{floor}"] = [shared.floors.get(k, {}).get(f"floor_weights_{method}_{floor}", np.nan) for k in tkeys]

@@ -92,6 +92,8 @@ def to_markdown(df: pd.DataFrame, digits: int = 3, caption: str | None = None) -
     """A plain Markdown table (no optional dependency), after a one-line ``caption`` if given."""
 
     def fmt(v):
+        if v is pd.NA:
+            return "–"
         if isinstance(v, float):
             return "–" if np.isnan(v) else f"{v:.{digits}f}"  # missing values are explained in a note column
         return str(v)
