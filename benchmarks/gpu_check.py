@@ -142,16 +142,19 @@ def main() -> None:
             device=torch.device("cuda"),
             num_seqs=args.num_seqs,
             epochs=args.epochs,
+            deadline=start + args.budget,
             echo=lambda m: print("   " + m, flush=True),
         )
         results["throughput"] = rows
         print("   peak GPU memory (MiB) and training path:")
         for row in rows:
             for k, v in row.items():
-                if isinstance(v, dict):
+                if isinstance(v, dict) and "rate" in v:
                     print(
                         f"   {row['architecture']:<18} {k:<7} {v['rate']:8.2f} /s {v['ratio']:6.2f}x  {v['peak_mib']:8.0f} MiB  {v['path']}"
                     )
+                elif isinstance(v, dict):
+                    print(f"   {row['architecture']:<18} {k:<7} skipped: {v['skipped']}")
         print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
     else:
         results["throughput"] = "skipped: out of time"

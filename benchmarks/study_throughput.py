@@ -103,26 +103,44 @@ def pack(arch: str, task: str, data: TensorData, epochs: int, size: int) -> dict
     return _timed(make, data.device, epochs)
 
 
-def model_rows(archs: list[tuple[str, str]], sizes: list[int], *, device: torch.device, num_seqs: int, epochs: int, echo=print):
+def model_rows(
+    archs: list[tuple[str, str]],
+    sizes: list[int],
+    *,
+    device: torch.device,
+    num_seqs: int,
+    epochs: int,
+    deadline: float | None = None,
+    echo=print,
+):
     """Every (architecture, task): eager, graph and pack results, each a dict with ``rate`` (trial-epochs/s),
-    ``ratio`` (to eager), ``path`` and ``peak_mib``; printed as a table while measured."""
+    ``ratio`` (to eager), ``path`` and ``peak_mib``; printed as a table while measured. A measurement
+    that would start after ``deadline`` (``time.monotonic()``) is skipped: ``{"skipped": "out of time"}``."""
     datasets: dict[str, TensorData] = {}
     rows = []
+    skipped = {"skipped": "out of time"}
     echo(f"{'model':<22} {'task':<6} {'eager':>10} {'graph':>16} " + " ".join(f"{'pack ' + str(s):>16}" for s in sizes))
+
+    def timed(measure, *args, **kwargs):
+        return skipped if deadline is not None and time.monotonic() > deadline else measure(*args, **kwargs)
+
     for arch, task in archs:
         if task not in datasets:
             datasets[task] = task_data(task, num_seqs, device)
         data = datasets[task]
-        row = {"architecture": arch, "task": task, "eager": one_model(arch, task, data, epochs, graph=False)}
-        row["graph"] = one_model(arch, task, data, epochs, graph=True)
+        row = {"architecture": arch, "task": task, "eager": timed(one_model, arch, task, data, epochs, graph=False)}
+        row["graph"] = timed(one_model, arch, task, data, epochs, graph=True)
         for s in sizes:
-            row[f"pack{s}"] = pack(arch, task, data, epochs, s)
-        base = row["eager"]["rate"]
+            row[f"pack{s}"] = timed(pack, arch, task, data, epochs, s)
+        base = row["eager"].get("rate")
         for k, v in row.items():
-            if isinstance(v, dict):
-                v["ratio"] = v["rate"] / base
-        cells = [f"{row[k]['rate']:8.2f} ({row[k]['ratio']:4.2f}x)" for k in ["graph"] + [f"pack{s}" for s in sizes]]
-        echo(f"{arch:<22} {task:<6} {base:10.2f} " + " ".join(f"{c:>16}" for c in cells))
+            if isinstance(v, dict) and "rate" in v:
+                v["ratio"] = v["rate"] / base if base else float("nan")
+        cells = [
+            f"{row[k]['rate']:8.2f} ({row[k]['ratio']:4.2f}x)" if "rate" in row[k] else "skipped"
+            for k in ["graph"] + [f"pack{s}" for s in sizes]
+        ]
+        echo(f"{arch:<22} {task:<6} {base if base else float('nan'):10.2f} " + " ".join(f"{c:>16}" for c in cells))
         rows.append(row)
     return rows
 

@@ -85,8 +85,8 @@ def capture(fn: Callable[[], None], device: torch.device) -> torch.cuda.CUDAGrap
     index = device.index if device.index is not None else torch.cuda.current_device()
     torch.cuda.synchronize(device)
     with torch.cuda.device(index), torch.cuda.stream(torch.cuda.Stream(device)):  # the stream is put back on any exit
-        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
         try:
+            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
             fn()
         except BaseException:
             _abandon(graph, pool, index)
@@ -94,28 +94,54 @@ def capture(fn: Callable[[], None], device: torch.device) -> torch.cuda.CUDAGrap
         try:
             graph.capture_end()
         except BaseException:
-            _release(pool, index)
+            _release(graph, pool, index)
             raise
     return graph
 
 
 def _abandon(graph: torch.cuda.CUDAGraph, pool, index: int) -> None:
     """End a capture whose body failed, keeping quiet about what ending it raises (the body's error is
-    the one worth reporting), and release the pool when ``capture_end`` could not."""
+    the one worth reporting), and undo what ``capture_end`` could not."""
     try:
-        graph.capture_end()  # ends the capture and the pool routing when it succeeds; the graph owns the pool
-        return
+        graph.capture_end()  # ends the capture and the pool routing when it succeeds
     except Exception:  # noqa: BLE001 - an invalidated capture: cudaStreamEndCapture fails before the pool is ended
         pass
-    _release(pool, index)
+    _release(graph, pool, index)
 
 
-def _release(pool, index: int) -> None:
-    for end in (torch._C._cuda_endAllocateToPool, torch._C._cuda_releasePool):
-        try:
-            end(index, pool)
-        except Exception:  # noqa: BLE001 - already ended (or never begun): nothing to undo
-            pass
+def _release(graph: torch.cuda.CUDAGraph, pool, index: int) -> None:
+    """After a failed capture: stop routing this thread's allocations into the graph's pool, and release
+    the pool unless the graph owns it. ``CUDAGraph::capture_end`` marks the capture ended (and the pool
+    the graph's, which its destructor releases) before it instantiates, so an instantiation that fails
+    leaves a pool that must not be released twice (a second release aborts the process); ``pool()``
+    answers only for a graph whose capture ended. (Torch's host-memory routing, also begun by
+    ``capture_begin``, has no Python binding to end; its filter matches only a capturing stream.)"""
+    try:
+        torch._C._cuda_endAllocateToPool(index, pool)
+    except Exception:  # noqa: BLE001 - already ended by capture_end, or never begun
+        pass
+    try:
+        graph.pool()
+        return  # the capture ended: the graph owns the pool and releases it
+    except RuntimeError:
+        pass
+    try:
+        torch._C._cuda_releasePool(index, pool)
+    except Exception:  # noqa: BLE001 - never begun: nothing to release
+        pass
+
+
+def _reset_graph_rng(device: torch.device) -> None:
+    """After an invalidated capture, give the device's default generator a fresh copy of its state: in
+    torch 2.11 and 2.12 a state that began a capture stays marked as capturing until the capture's
+    epilogue, which a failed capture never reaches, and every eager dropout after it then fails
+    ("Offset increment outside graph capture"); the clone keeps the seed and offset."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    gen = torch.cuda.default_generators[index]
+    try:
+        gen.graphsafe_set_state(gen.clone_state())
+    except (AttributeError, RuntimeError):  # a torch without graph-safe generator states: nothing to reset
+        pass
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -281,6 +307,7 @@ class TrainStep:
         except Exception as e:  # noqa: BLE001 - any capture failure means: train eagerly
             reason = describe(e)
             _disable_graphs(reason)
+            _reset_graph_rng(device)
             self._restore(snapshot)
             self.fall_back(reason)
             self.begin_epoch()

@@ -33,10 +33,12 @@ def _isolated(case: str, *args, timeout: float = 900) -> None:
 
 
 def _full_float32() -> None:
-    """cuDNN and cuBLAS may use TF32 on Ampere and newer (about 1e-3 relative error); comparisons between
-    two ways of computing the same thing need full float32."""
+    """cuDNN and cuBLAS may use TF32 on Ampere and newer (about 1e-3 relative error), and cuDNN's weight
+    gradients may sum with atomics; comparisons between two ways of computing the same thing need full,
+    deterministic float32."""
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True  # no atomics in cuDNN's weight gradients
 
 
 def _cuda_data(num_seqs: int = 3000, num_outputs: int = 1) -> TensorData:
