@@ -21,9 +21,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -36,15 +34,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, *, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (an existing
     folder there is swapped out, then removed), on any error or interrupt it is deleted and ``path``
-    is left as it was."""
-    path = Path(path)
+    is left as it was. The folder gets the permissions a plain ``mkdir`` would give (not the temporary
+    folder's 0700); ``marker`` names an empty file left in it, by which :func:`check_replaceable` knows
+    the folder as one this code wrote. Check ``path`` with :func:`check_replaceable` first."""
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        if marker:
+            (tmp / marker).touch()
         yield tmp
         old = None
         if path.exists():
@@ -56,3 +65,25 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_replaceable(path: str | os.PathLike, marker: str, what: str = "output folder") -> Path:
+    """``path`` (resolved) if :func:`atomic_dir` may write it: it does not exist yet, or it is a folder
+    that holds ``marker`` (a folder this code wrote). A file, or a folder of anything else (the current
+    folder, a user's data), is refused with one line before any work."""
+    from hybridlens.analysis.errors import UserError
+
+    p = Path(path).resolve()
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{what} {path}: {parent} is a file, not a folder")
+    if not p.exists():
+        return p
+    if not p.is_dir():
+        raise UserError(f"{what} {path} is a file; give a new folder (it would be replaced by one)")
+    if not (p / marker).is_file():
+        raise UserError(
+            f"{what} {path} exists and was not written by hybridlens (no {marker} in it); give a new folder, "
+            "or remove this one if its contents can go"
+        )
+    return p

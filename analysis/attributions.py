@@ -264,11 +264,18 @@ def attribute(method: str, model: torch.nn.Module, x, target: int = 0, **kwargs)
 
 
 def parse_methods(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """``"saliency,ism"`` (or a list) -> the methods, checked; one line naming the choices otherwise."""
+    """``"saliency,ism"`` (or a list) -> the methods, checked; ``"none"`` or an empty list -> none at
+    all; one line naming the choices otherwise (an empty string too: it is more likely a mistake)."""
     from hybridlens.analysis.errors import UserError
 
-    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    if isinstance(text, str):
+        if text.strip().lower() == "none":
+            return ()
+        if not text.strip():
+            raise UserError(f"no attribution method given; name some ({', '.join(METHODS)}) or none")
+        text = text.split(",")
+    names = [m.strip() for m in text if m.strip()]
     bad = [m for m in names if m not in METHODS]
-    if bad or not names:
-        raise UserError(f"unknown attribution method {bad[0] if bad else '(none)'!r}; choose from {', '.join(METHODS)}")
+    if bad:
+        raise UserError(f"unknown attribution method {bad[0]!r}; choose from {', '.join(METHODS)}, or none")
     return tuple(dict.fromkeys(names))

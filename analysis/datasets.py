@@ -97,11 +97,28 @@ def check_output_path(path: str | os.PathLike, *, force: bool = False) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"output path {path} is a folder; give a file name such as {path / 'data.h5'}")
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
     if not path.parent.is_dir():
         raise UserError(f"output folder {path.parent} does not exist; create it first")
     if path.exists() and not force:
         raise UserError(f"{path} already exists; pass --force to overwrite it")
+    check_can_create(path.parent, f"cannot write {path}")
     return path
+
+
+def check_can_create(folder: Path, what: str) -> None:
+    """Fail with one line when no file can be created in ``folder`` (tried for real: permission bits
+    say nothing to root, and /proc or /sys refuse files whatever they say)."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hybridlens-probe-", dir=folder)
+    except OSError as e:
+        raise UserError(f"{what}: {folder} does not take new files ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_dataset(path: str | os.PathLike, dataset: Dataset, *, force: bool = False) -> Path:

@@ -81,10 +81,23 @@ def load_model(uri: str, run, device: str = "cpu"):
 
 
 class _Data:
-    """Test splits loaded once per dataset file, checked against the runs' dataset hash."""
+    """Test splits loaded once per dataset file, checked against the runs' dataset hash. A run records
+    its dataset relative to the workdir when it lies inside it, and is read from ``workdir`` (the one
+    the analysis was given: a moved or copied workdir reads its own data); an absolute path that no
+    longer exists (a workdir moved before datasets were recorded relatively) is looked for in
+    ``workdir/data`` by its file name."""
 
-    def __init__(self):
+    def __init__(self, workdir: Path | None = None):
         self.cache: dict[str, object] = {}
+        self.workdir = workdir
+
+    def path(self, recorded: str) -> Path:
+        p = Path(recorded)
+        if not p.is_absolute():
+            return (self.workdir or Path.cwd()) / p
+        if not p.is_file() and self.workdir is not None and (self.workdir / "data" / p.name).is_file():
+            return self.workdir / "data" / p.name
+        return p
 
     def get(self, uri: str, run):
         from hybridlens.analysis.datasets import load_dataset
@@ -93,7 +106,7 @@ class _Data:
             cfg = mlruns.trial_config(uri, run.info.run_id)
         except Exception as e:
             raise RunError(f"no readable config/trial.json: {type(e).__name__}") from None
-        path = cfg["data_path"]
+        path = str(self.path(cfg["data_path"]))
         if path not in self.cache:
             if not Path(path).is_file():
                 raise RunError(f"dataset {path} is missing; regenerate it with the same seed (hash {cfg['dataset_hash'][:12]})")
@@ -275,6 +288,39 @@ def compute_floors(sel: Selection, shared: _Shared) -> None:
         shared.floors[key] = floor_scores(shared.attributions, model, ds.test, targets)
 
 
+#: The file an analysis leaves in its output folder: the next analysis replaces only a folder holding it.
+ANALYSIS_MARKER = ".hybridlens-analysis"
+_ANALYSIS_SUFFIXES = {".csv", ".md", ".png", ".pdf", ".json"}
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """The analysis output folder, resolved, if the analysis may write it: new, or a folder an analysis
+    wrote (its marker, or, from before the marker, an ``analysis.json`` of ours among tables and
+    figures only). A file, the current folder or a folder of anything else is refused in one line."""
+    from hybridlens.analysis.atomic import check_replaceable
+
+    p = Path(path).resolve()
+    if p.is_dir() and not (p / ANALYSIS_MARKER).exists() and (p / "analysis.json").is_file():
+        try:
+            earlier = json.loads((p / "analysis.json").read_text())
+        except (OSError, ValueError):
+            earlier = {}
+        files = [f for f in p.iterdir()]
+        if {"study", "task", "parent_run_id"} <= set(earlier) and all(
+            f.is_file() and f.suffix in _ANALYSIS_SUFFIXES for f in files
+        ):
+            return p
+    return check_replaceable(p, ANALYSIS_MARKER, "analysis output folder")
+
+
+def analysis_lock_path(workdir: Path | None, study: str, out_dir: Path | None) -> Path:
+    """Where the analyses of ``study`` take turns: ``WORKDIR/studies/STUDY.analysis.lock`` for a workdir's
+    store, else beside the output folder."""
+    if workdir is not None and (workdir / "studies").is_dir():
+        return workdir / "studies" / f"{study}.analysis.lock"
+    return Path(out_dir or ".").resolve().parent / f".{study}.analysis.lock"
+
+
 def write_tables(tables: dict[str, pd.DataFrame], out: Path, caption: str) -> list[Path]:
     """Each table as CSV and as Markdown under a one-line ``caption``."""
     from hybridlens.analysis.stats import to_markdown
@@ -400,6 +446,7 @@ def analyze_study(
     attributions: tuple[str, ...] | list[str] = DEFAULT_METHODS,
     max_sequences: int = MAX_SEQUENCES,
     device: str | None = None,
+    workdir: str | Path | None = None,
     echo: Echo = print,
 ) -> AnalysisResult:
     """Analyse a study's latest launch (or ``parent_run_id``) from its MLflow store ``uri``.
@@ -411,16 +458,52 @@ def analyze_study(
     ``ground_truth`` picks the rule for a ground-truth hit (:data:`analysis.ground_truth.GROUND_TRUTH_RULES`).
     ``attributions`` are the attribution methods scored on every run (:mod:`.attribution_scores`), on
     at most ``max_sequences`` test sequences (per class on Task 1); attention models also get their
-    attention scores.
+    attention scores. ``workdir`` is where runs' relative dataset paths lie.
     Runs that cannot be analysed are skipped with their reason; the others still are.
-    """
-    import torch
 
+    ``out_dir`` must be new or a folder an analysis wrote (:func:`check_out_dir`), checked before any
+    work; analyses of one study take turns (a lock, :func:`analysis_lock_path`): a second one says who
+    runs the first and waits for it, then finds the values already logged and logs nothing twice.
+    """
     from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
-    from hybridlens.analysis.stats import aggregate, paired_exp_vs_relu
+    from hybridlens.analysis.locks import FileLock
 
     if ground_truth not in GROUND_TRUTH_RULES:
         raise UserError(f"unknown ground-truth rule {ground_truth!r}; choose one of {', '.join(GROUND_TRUTH_RULES)}")
+    out = check_out_dir(out_dir) if out_dir else None
+    workdir = Path(workdir).resolve() if workdir else None
+    lock = FileLock(analysis_lock_path(workdir, study, out), f"the analysis of study {study!r}").acquire(wait=echo)
+    try:
+        return _analyze_locked(
+            uri, study, parent_run_id=parent_run_id, task=task, top_k=top_k, rank_on=rank_on, out_dir=out, release=release,
+            ground_truth=ground_truth, attributions=attributions, max_sequences=max_sequences, device=device,
+            workdir=workdir, echo=echo,
+        )  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _analyze_locked(
+    uri: str,
+    study: str,
+    *,
+    parent_run_id,
+    task,
+    top_k,
+    rank_on: str,
+    out_dir: Path | None,
+    release: str,
+    ground_truth: str,
+    attributions,
+    max_sequences: int,
+    device: str | None,
+    workdir: Path | None,
+    echo: Echo,
+) -> AnalysisResult:
+    import torch
+
+    from hybridlens.analysis.stats import aggregate, paired_exp_vs_relu
+
     t0 = time.perf_counter()
     sr = mlruns.find_study(uri, study, parent_run_id)
     sel: Selection = select_best(sr.children, task=task, top_k=top_k, rank_on=rank_on)
@@ -441,6 +524,7 @@ def analyze_study(
         ground_truth,
         release,
         best_ids={rs[0].info.run_id: key for key, rs in sel.chosen.items()},
+        data=_Data(workdir),
         attributions=parse_methods(attributions),
         max_sequences=max_sequences,
         echo=echo,
@@ -519,7 +603,7 @@ def analyze_study(
         }
         # all or nothing: tables, figures and analysis.json are written to a fresh folder that then
         # replaces the old one; the parent run gets them only after that
-        with atomic_dir(out) as staging:
+        with atomic_dir(out, marker=ANALYSIS_MARKER) as staging:
             tables = {"per_run": per_run, "summary": summary, "paired_exp_vs_relu": paired}
             attr_table = attribution_table(per_run[per_run["selected"]], shared)
             if attr_table is not None:

@@ -89,6 +89,79 @@ def store_problem(e: BaseException, uri: str) -> UserError | None:
     return None
 
 
+def check_store(uri: str) -> None:
+    """Fail with one line when a SQLite store exists but is damaged (truncated, overwritten): SQLite's
+    own check, read-only, before MLflow opens it (which would end in an SQLAlchemy traceback)."""
+    import sqlite3
+
+    if not uri.startswith("sqlite:"):
+        return
+    db = sqlite_path(uri)
+    if not db.is_file():
+        return
+    try:
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
+        try:
+            result = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        result = str(e)
+    if result != "ok":
+        raise UserError(
+            f"the MLflow store {db} is damaged ({result}); restore it from a backup, or start a new workdir (--workdir)"
+        )
+
+
+def _workdir_roots(con, workdir: Path) -> tuple[str, set[str]]:
+    new = (Path(workdir).resolve() / "mlartifacts").as_uri()
+    olds = {
+        loc
+        for (loc,) in con.execute("select artifact_location from experiments")
+        if loc and loc.startswith("file://") and loc.rstrip("/").endswith("/mlartifacts") and loc != new
+    }
+    return new, olds
+
+
+def stale_artifact_roots(workdir: Path) -> list[str]:
+    """The artifact locations of ``workdir``'s store that name another workdir's ``mlartifacts`` (read-only)."""
+    import sqlite3
+
+    db = Path(workdir) / "mlflow.db"
+    if not db.is_file():
+        return []
+    con = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
+    try:
+        return sorted(_workdir_roots(con, workdir)[1])
+    finally:
+        con.close()
+
+
+def relocate_store(workdir: Path) -> list[str]:
+    """Point a moved or copied workdir's store at its own artifacts.
+
+    MLflow records every experiment's artifact location, and every run's, as an absolute ``file://``
+    URI: in a moved workdir they name the old place (gone), in a copy the original's artifacts (which
+    the copy would then read and write). Locations of the form ``<old workdir>/mlartifacts`` are
+    rewritten to this workdir's ``mlartifacts``, runs' included; returns the old locations rewritten.
+    """
+    import sqlite3
+
+    con = sqlite3.connect(Path(workdir) / "mlflow.db", timeout=60)
+    try:
+        with con:
+            new, olds = _workdir_roots(con, workdir)
+            for old in olds:
+                con.execute("update experiments set artifact_location = ? where artifact_location = ?", (new, old))
+                con.execute(
+                    "update runs set artifact_uri = ? || substr(artifact_uri, ?) where substr(artifact_uri, 1, ?) = ?",
+                    (new, len(old) + 1, len(old) + 1, old + "/"),
+                )
+    finally:
+        con.close()
+    return sorted(olds)
+
+
 def check_writable(uri: str) -> None:
     """Fail with one line when a SQLite store (or the folder it would be created in) is not writable."""
     if not uri.startswith("sqlite:"):

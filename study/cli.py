@@ -7,6 +7,7 @@ bug: it propagates with its traceback (exit code 1).
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,21 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Generate the synthetic datasets (HDF5).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"hybridlens {version('hybridlens')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version, is_eager=True),
+) -> None:
+    """Architecture studies of CNN/BiLSTM/attention/transformer hybrids, with interpretability metrics."""
 
 
 def echo(msg: str) -> None:
@@ -179,10 +195,11 @@ def runs_cmd(
     study: Optional[str] = typer.Option(None, "--study", help="Study name, when the workdir holds several."),
 ) -> None:
     """Print a table of the study's trials (latest launch) and their statuses."""
-    from hybridlens.study.launches import load_launch
+    from hybridlens.study.launches import load_launch, prepare_store
     from hybridlens.study.tracking import runs_table
 
     launch = load_launch(workdir, study)
+    prepare_store(Path(launch.workdir), launch.tracking_uri)
     typer.echo(runs_table(launch.tracking_uri, launch.experiment_id, launch.parent_run_id))
 
 
@@ -208,7 +225,7 @@ def analyze_cmd(
         ",".join(DEFAULT_ATTRIBUTIONS),
         "--attributions",
         help="Attribution methods to score, comma-separated: saliency, saliency_corrected, smoothgrad, "
-        "integrated_gradients, deep_lift_shap, ism.",
+        "smoothgrad_corrected, integrated_gradients, deep_lift_shap, ism; or none.",
     ),
     max_sequences: int = typer.Option(
         MAX_SEQUENCES, "--max-sequences", min=1, help="Test sequences attributed per run and method (per class on Task 1)."
@@ -218,9 +235,11 @@ def analyze_cmd(
     from hybridlens.analysis.attributions import parse_methods
     from hybridlens.analysis.report import analyze_study
     from hybridlens.analysis.runs import check_tracking_uri, sqlite_uri
+    from hybridlens.study.launches import prepare_store
 
     if rank_on not in ("valid", "test"):
         raise UserError(f"--rank-on must be valid or test, got {rank_on!r}")
+    methods = parse_methods(attributions)
     if tracking_uri:
         check_tracking_uri(tracking_uri)
         uri = tracking_uri
@@ -228,6 +247,7 @@ def analyze_cmd(
         if not (workdir / "mlflow.db").is_file():
             raise UserError(f"{workdir / 'mlflow.db'} does not exist; pass --workdir of a study or --tracking-uri")
         uri = sqlite_uri(workdir)
+        prepare_store(workdir.resolve(), uri)
     analyze_study(
         uri,
         study,
@@ -235,30 +255,70 @@ def analyze_cmd(
         top_k=top_k,
         rank_on=rank_on,
         ground_truth=ground_truth,
-        attributions=parse_methods(attributions),
+        attributions=methods,
         max_sequences=max_sequences,
         out_dir=out or workdir / "analysis" / study,
+        workdir=workdir,
         echo=echo,
     )
+
+
+def _free_port(host: str, port: int) -> int:
+    """``port`` if nothing listens on it at ``host`` (0: a free port the system picks); one line otherwise."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port number (0 to 65535; 0 picks a free one)")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, port))
+            return sock.getsockname()[1]
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"port {port} on {host} is in use (another server); pass another --port, or --port 0 for a free one"
+            ) from None
+        raise UserError(f"cannot serve on {host}:{port} ({e.strerror or e}); check --host and --port") from None
 
 
 @app.command("ui")
 def ui_cmd(
     workdir: Path = WORKDIR_OPTION,
-    port: int = typer.Option(5000, "--port"),
+    port: int = typer.Option(5000, "--port", help="Port to serve on; 0 picks a free one."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 127.0.0.1 keeps the UI on this machine."),
 ) -> None:
     """Start the MLflow UI on the workdir's store and print the URL of each study's runs."""
     import os
+    import tempfile
 
+    from hybridlens.analysis.locks import FileLock
     from hybridlens.analysis.mlflow_layout import runs_url
     from hybridlens.analysis.runs import sqlite_uri
-    from hybridlens.study.launches import launched_studies
+    from hybridlens.study.launches import launched_studies, prepare_store
 
     db = workdir / "mlflow.db"
     if not db.is_file():
         raise UserError(f"{db} does not exist; run a study with --workdir {workdir} first")
     uri = sqlite_uri(workdir)
+    prepare_store(workdir.resolve(), uri)
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port number (0 to 65535; 0 picks a free one)")
+
+    def hold(port: int) -> None:
+        # a UI that is still starting has not bound its port yet: this lock, which the UI keeps across
+        # exec for its whole life, tells a second one on the same port
+        FileLock(
+            Path(tempfile.gettempdir()) / f"hybridlens-ui-{host}-{port}.lock",
+            f"port {port} on {host}",
+            busy="{what} is taken by another 'hybridlens ui' ({who}); pass another --port, or --port 0 for a free one",
+        ).acquire(inheritable=True)
+
+    if port:
+        hold(port)
+        _free_port(host, port)
+    else:
+        port = _free_port(host, 0)
+        hold(port)
     base = f"http://{host}:{port}"
     echo(f"MLflow UI on {base} (store {uri}); Ctrl+C stops it")
     for launch in launched_studies(workdir):

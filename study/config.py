@@ -305,13 +305,25 @@ def parse_config(raw: dict, source: str = "config") -> StudyConfig:
         raise UserError(_format_error(source, err)) from None
 
 
+#: A study config is a page of settings; anything larger is refused before YAML parses it (a 10 MB
+#: file took 30-47 s and over 1 GB to reject).
+MAX_CONFIG_BYTES = 1_000_000
+
+
 def load_config(path: str | Path) -> StudyConfig:
     """Read and validate a study YAML file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config {path} is a folder; give a study YAML file such as configs/quick.yaml")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is {size:,} bytes; a study config is a YAML file of settings (at most 1 MB)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a study YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

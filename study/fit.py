@@ -13,18 +13,30 @@ from hybridlens.analysis.errors import UserError
 from hybridlens.study import tracking
 from hybridlens.study.config import StudyConfig
 from hybridlens.study.launches import Echo, Launch, LaunchSummary, close_launch
-from hybridlens.study.trainable import train_trial
+from hybridlens.study.trainable import Site, train_trial
 
 # Ray Tune's legacy reporter honours verbose=0 (the new one prints a header box and footer regardless);
 # the progress callback below prints one line per trial instead.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
+class _NoTokenNotice:
+    """A logging filter for Ray's notice that it turned token authentication on for the local Ray it
+    starts (Ray's default since 2.5x): a study's own loopback Ray needs no action from its user, and
+    the notice landed in the middle of the study's output."""
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def _init_ray(cfg: StudyConfig, address: str | None) -> None:
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_NoTokenNotice())
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="warning", configure_logging=True)
     if address:
         ray.init(address=address, **common)
@@ -90,13 +102,24 @@ def _last_error_line(trial) -> str:
     return lines[-1].strip()[:300] if lines else "see its MLflow run"
 
 
-def _trainable(cfg: StudyConfig):
+def _trainable(cfg: StudyConfig, launch: Launch):
+    """The trainable with this launch's :class:`~hybridlens.study.trainable.Site` (where the study lives,
+    resolved from the workdir the driver was given: a resume of a copied workdir trains and tracks in
+    the copy) and its resources."""
     from ray import tune
 
+    site = Site(
+        workdir=launch.workdir,
+        tracking_uri=launch.tracking_uri,
+        experiment_id=launch.experiment_id,
+        parent_run_id=launch.parent_run_id,
+        data_path=launch.data_path,
+        ray_experiment=launch.ray_experiment,
+    )
     res = {"cpu": cfg.resources.cpu}
     if cfg.resources.gpu:
         res["gpu"] = cfg.resources.gpu
-    return tune.with_resources(train_trial, res)
+    return tune.with_resources(tune.with_parameters(train_trial, site=site), res)
 
 
 def _run_config(cfg: StudyConfig, launch: Launch, echo: Echo, total: int):
@@ -106,7 +129,6 @@ def _run_config(cfg: StudyConfig, launch: Launch, echo: Echo, total: int):
         name=launch.ray_experiment,
         storage_path=launch.storage_path,
         failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=0,
         callbacks=[_progress_callback(echo, total)],
     )
@@ -171,7 +193,7 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_fa
         total = len(cfg.cells())
         if restore:
             tuner = tune.Tuner.restore(
-                launch.experiment_path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=retry_failed
+                launch.experiment_path, trainable=_trainable(cfg, launch), resume_unfinished=True, resume_errored=retry_failed
             )
         else:
             packs = cfg.packs()
@@ -179,16 +201,9 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_fa
                 "pack": tune.grid_search(list(range(len(packs)))),
                 "packs": packs,
                 "study": cfg.model_dump(mode="json"),
-                "data_path": launch.data_path,
-                "workdir": launch.workdir,
-                "tracking": {
-                    "uri": launch.tracking_uri,
-                    "experiment_id": launch.experiment_id,
-                    "parent_run_id": launch.parent_run_id,
-                },
             }
             tuner = tune.Tuner(
-                _trainable(cfg),
+                _trainable(cfg, launch),
                 param_space=param_space,
                 tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent, reuse_actors=True),
                 run_config=_run_config(cfg, launch, echo, total),
@@ -207,5 +222,4 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_fa
                 f"(or mark its runs with 'hybridlens reconcile --workdir {launch.workdir} --study {cfg.name}')"
             ) from None
     summary.interrupted = getattr(signals, "interrupted", False)
-    echo(summary.last_line())
     return summary

@@ -20,13 +20,15 @@ import fcntl
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from hybridlens.analysis import mlflow_layout as layout
 from hybridlens.analysis import runs as mlruns
+from hybridlens.analysis.atomic import atomic_write_text
 from hybridlens.analysis.errors import UserError
+from hybridlens.analysis.locks import FileLock
 
 if TYPE_CHECKING:
     from hybridlens.study.config import StudyConfig
@@ -37,7 +39,11 @@ Echo = Callable[[str], None]
 
 @dataclass
 class Launch:
-    """What a launch recorded in ``studies/NAME.json``."""
+    """A launch, with every path absolute for the workdir it was loaded from. ``studies/NAME.json``
+    records it relative to the workdir (:meth:`record`): what lies inside the workdir (its SQLite store,
+    ``ray/``, ``data/``) is recorded as a path inside it, so a moved workdir keeps working and a copied
+    one is a study state of its own; what lies outside (a tracking server, a shared ``--storage-path``,
+    a dataset given by path) stays as given."""
 
     name: str
     workdir: str
@@ -60,6 +66,50 @@ class Launch:
     def resolved_config_path(self) -> Path:
         return resolved_config_path(Path(self.workdir), self.name)
 
+    def record(self) -> dict:
+        """The JSON record: paths inside the workdir relative to it, the workdir's own store as null."""
+        workdir = Path(self.workdir)
+        out = {k: v for k, v in asdict(self).items() if k != "workdir"}
+        out["format"] = LAUNCH_FORMAT
+        out["tracking_uri"] = None if self.tracking_uri == mlruns.sqlite_uri(workdir) else self.tracking_uri
+        out["storage_path"] = inside(self.storage_path, workdir)
+        out["data_path"] = inside(self.data_path, workdir)
+        return out
+
+    def save(self) -> None:
+        """Write :meth:`record` to ``studies/NAME.json`` (atomically)."""
+        atomic_write_text(state_path(Path(self.workdir), self.name), json.dumps(self.record(), indent=2))
+
+    @classmethod
+    def from_record(cls, record: dict, workdir: Path) -> "Launch":
+        """The launch a record describes, for the workdir it was read from. A record of the first format
+        (absolute paths, the workdir included) is rebased from the workdir it names onto ``workdir``."""
+        record = dict(record)
+        old = record.pop("workdir", None)
+        record.pop("format", None)
+        if old is not None:  # first format: absolute paths under the workdir of the time
+            for key in ("storage_path", "data_path"):
+                record[key] = inside(record[key], Path(old))
+            if record["tracking_uri"] == mlruns.sqlite_uri(Path(old)):
+                record["tracking_uri"] = None
+        record["tracking_uri"] = record["tracking_uri"] or mlruns.sqlite_uri(workdir)
+        for key in ("storage_path", "data_path"):
+            record[key] = str(workdir / record[key])  # an absolute path stays what it is
+        return cls(workdir=str(workdir), **record)
+
+
+#: ``studies/NAME.json``'s format: 2 records paths relative to the workdir.
+LAUNCH_FORMAT = 2
+
+
+def inside(path: str | os.PathLike, workdir: Path) -> str:
+    """``path`` relative to ``workdir`` when it lies inside it, else as given (absolute)."""
+    p = Path(path)
+    try:
+        return str(p.relative_to(workdir)) if p.is_absolute() else str(p)
+    except ValueError:
+        return str(p)
+
 
 @dataclass
 class LaunchSummary:
@@ -77,14 +127,16 @@ class LaunchSummary:
 
     @property
     def ok(self) -> bool:
-        """Every cell ended, none failed (a diverged cell is a result, not a failure), no interruption."""
+        """Every cell ended, none failed (a diverged cell is a result of training, not a failure: exit
+        code 0), no interruption."""
         return self.complete and not self.failures and not self.interrupted
 
-    def last_line(self) -> str:
-        """The driver's last line: how the launch ended and what to do next."""
-        n = self.launch.name
-        resume = f"'hybridlens resume {self.launch.workdir} --study {n}'"
-        counts = f"{self.finished} finished, {self.failed} failed ({self.diverged} diverged), {self.killed} killed"
+    def last_line(self, analysis_dir: Path | None = None) -> str:
+        """The driver's last line: how the launch ended and what to do next (``analysis_dir``: where
+        the analysis wrote its tables and figures, None when it did not run)."""
+        n, w = self.launch.name, self.launch.workdir
+        resume = f"'hybridlens resume {w} --study {n}'"
+        counts = f"{self.finished} finished, {self.failed} failed, {self.diverged} diverged, {self.killed} killed"
         if self.interrupted or not self.complete:
             return f"study {n} interrupted: {counts}; resume with {resume}"
         if self.failures:
@@ -94,7 +146,12 @@ class LaunchSummary:
                 f"study {n} ended with {len(self.failures)} failed cell(s): {counts}; {cell}: {why}{more}; "
                 f"retry them with {resume}"
             )
-        return f"study {n} complete: {counts}"
+        analysis = (
+            f"tables and figures in {analysis_dir}"
+            if analysis_dir
+            else f"analyse with 'hybridlens analyze --study {n} --workdir {w}'"
+        )
+        return f"study {n} complete: {counts}; next: 'hybridlens runs --workdir {w} --study {n}', 'hybridlens ui --workdir {w}', {analysis}"
 
 
 def state_path(workdir: Path, name: str) -> Path:
@@ -126,53 +183,21 @@ def load_launch(workdir: str | Path, study: str | None = None) -> Launch:
         study = names[0]
     if study not in names:
         raise UserError(f"unknown study {study!r} in {workdir}; choose one of {', '.join(names)}")
-    return Launch(**json.loads(state_path(workdir, study).read_text()))
+    return Launch.from_record(json.loads(state_path(workdir, study).read_text()), workdir.resolve())
 
 
 def lock_path(workdir: Path, name: str) -> Path:
     return workdir / "studies" / f"{name}.lock"
 
 
-class StudyLock:
-    """One process at a time per study and workdir: an exclusive ``flock`` on ``studies/NAME.lock``.
-
-    Taken before anything touches MLflow or Ray and held until the command ends. The kernel releases it
-    when the process dies, however it dies (a SIGKILLed driver leaves no stale lock). The file holds the
-    holder's pid for the message a second launch gets; it is never deleted (deleting a lock file lets
-    two processes lock two different files).
-    """
+class StudyLock(FileLock):
+    """One process at a time per study and workdir: an exclusive ``flock`` on ``studies/NAME.lock``
+    (:class:`~hybridlens.analysis.locks.FileLock`), taken before anything touches MLflow or Ray and held
+    until the command ends."""
 
     def __init__(self, workdir: Path, name: str):
-        self.path, self.name = lock_path(workdir, name), name
-        self.fd: int | None = None
-
-    def acquire(self) -> "StudyLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            who = f"process {holder}" if holder.isdigit() else holder
-            raise UserError(f"study {self.name!r} is being run by {who}; wait for it or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> "StudyLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+        super().__init__(lock_path(workdir, name), f"study {name!r}")
+        self.name = name
 
 
 def check_not_running(workdir: Path, name: str) -> None:
@@ -200,6 +225,15 @@ def store_init_lock(workdir: Path, timeout: float = 300.0):
         os.close(fd)  # closing releases the lock
 
 
+def prepare_store(workdir: Path, uri: str) -> None:
+    """Before a command uses a workdir's store: one line if it is damaged, and its artifact locations
+    pointed at this workdir if it was moved or copied (:func:`~hybridlens.analysis.runs.relocate_store`)."""
+    mlruns.check_store(uri)
+    if uri == mlruns.sqlite_uri(workdir) and mlruns.stale_artifact_roots(workdir):
+        with store_init_lock(workdir):
+            mlruns.relocate_store(workdir)
+
+
 def mark_unfinished(c, runs, status: str = "KILLED") -> list[str]:
     """Set ``status`` on every run in ``runs`` still RUNNING (or SCHEDULED); return their ids."""
     marked = []
@@ -224,12 +258,15 @@ def close_launch(launch: Launch, cfg: "StudyConfig", echo: Echo) -> LaunchSummar
     complete = {layout.cell_name(**cell) for cell in cfg.cells()} <= ended
     counts = {s.lower(): sum(v == s for v in status.values()) for s in ("FINISHED", "FAILED", "KILLED")}
     counts["diverged"] = sum(r.data.tags.get(layout.TAG_OUTCOME) == "diverged" for r in runs)
+    counts["failed"] -= counts["diverged"]  # a diverged run ends FAILED in MLflow, but it is a result, not a failure
     failures = {
         r.data.tags.get(layout.TAG_RUN_NAME, r.info.run_id): r.data.tags.get(layout.TAG_ERROR, "see its MLflow run")
         for r in runs
         if status[r.info.run_id] == "FAILED" and r.data.tags.get(layout.TAG_OUTCOME) != "diverged"
     }
-    c.log_batch(launch.parent_run_id, tags=[RunTag(f"hybridlens.runs_{k}", str(v)) for k, v in counts.items()])
+    tags = [RunTag(f"hybridlens.runs_{k}", str(v)) for k, v in counts.items()]
+    tags.append(RunTag(layout.TAG_OUTCOME, "finished" if complete else "killed"))
+    c.log_batch(launch.parent_run_id, tags=tags)
     c.set_terminated(launch.parent_run_id, "FINISHED" if complete else "KILLED")
     if killed:
         echo(f"marked {len(killed)} interrupted trial run(s) KILLED")
@@ -240,6 +277,7 @@ def reconcile(workdir: str | Path, study: str | None = None, *, echo: Echo = pri
     """Mark runs left RUNNING by a killed (SIGKILL) driver as KILLED; refuses while the driver lives."""
     launch = load_launch(workdir, study)
     check_not_running(Path(launch.workdir), launch.name)
+    prepare_store(Path(launch.workdir), launch.tracking_uri)
     c = mlruns.client(launch.tracking_uri)
     runs = mlruns.child_runs(c, launch.experiment_id, launch.parent_run_id) + [c.get_run(launch.parent_run_id)]
     marked = mark_unfinished(c, runs, "KILLED")

@@ -7,10 +7,8 @@ bookkeeping (:mod:`~hybridlens.study.launches`), the Ray Tune fit (:mod:`~hybrid
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -28,8 +26,8 @@ from hybridlens.study.launches import (
     LaunchSummary,
     StudyLock,
     load_launch,
+    prepare_store,
     resolved_config_path,
-    state_path,
     store_init_lock,
 )
 from hybridlens.study.preflight import (
@@ -76,9 +74,14 @@ def run_study(
     explicit_data = check_data_path(cfg)
     if workdir.exists() and not os.access(workdir, os.W_OK):
         raise UserError(f"workdir {workdir} is read-only; fix its permissions or pass another --workdir")
+    if analyze:
+        from hybridlens.analysis.report import check_out_dir
+
+        check_out_dir(analysis_dir(workdir, cfg.name))  # before the training, not after it
     workdir.mkdir(exist_ok=True)
     (workdir / "studies").mkdir(exist_ok=True)
     with StudyLock(workdir, cfg.name):  # one launch of a study at a time, before MLflow and Ray
+        prepare_store(workdir, uri)
         echo(grid_size_line(cfg))
         data_path = prepare_dataset(cfg, workdir, explicit_data, echo)
         mlruns.check_writable(uri)
@@ -120,7 +123,7 @@ def _new_launch(
         config_sha256=_sha256(Path(config_path)),
     )
     resolved_yaml = yaml.safe_dump(cfg.resolved(), sort_keys=False)
-    state_path(workdir, cfg.name).write_text(json.dumps(asdict(launch), indent=2))
+    launch.save()
     resolved_config_path(workdir, cfg.name).write_text(resolved_yaml)
     c.log_text(parent, resolved_yaml, "config/study.yaml")
     _log_study_params(c, parent, cfg, data_path)
@@ -167,9 +170,11 @@ def _log_study_params(c, parent: str, cfg: StudyConfig, data_path: Path) -> None
 
 
 def _analyze(summary: LaunchSummary, cfg: StudyConfig, analyze: bool, echo: Echo) -> LaunchSummary:
-    """Run the analysis on the launch's finished runs (tables and figures in WORKDIR/analysis/NAME).
-    An analysis that cannot run (no finished run, say) is reported, not raised: the study stands."""
+    """Run the analysis on the launch's finished runs (tables and figures in WORKDIR/analysis/NAME),
+    then print the launch's last line. An analysis that cannot run (no finished run, say) is reported,
+    not raised: the study stands."""
     if not analyze or summary.interrupted:
+        echo(summary.last_line())
         return summary
     from hybridlens.analysis.report import analyze_study
 
@@ -185,12 +190,19 @@ def _analyze(summary: LaunchSummary, cfg: StudyConfig, analyze: bool, echo: Echo
             ground_truth=cfg.analysis.ground_truth,
             attributions=cfg.analysis.attributions,
             max_sequences=cfg.analysis.max_sequences,
-            out_dir=Path(launch.workdir) / "analysis" / cfg.name,
+            out_dir=analysis_dir(Path(launch.workdir), cfg.name),
+            workdir=launch.workdir,
             echo=echo,
         )
     except UserError as e:
         echo(f"analysis not run: {e}")
+    echo(summary.last_line(summary.analysis.out_dir if summary.analysis is not None else None))
     return summary
+
+
+def analysis_dir(workdir: Path, name: str) -> Path:
+    """Where a study's analysis goes: ``WORKDIR/analysis/NAME``."""
+    return workdir / "analysis" / name
 
 
 def recorded_config(launch: Launch, echo: Echo = print) -> StudyConfig:
@@ -216,11 +228,14 @@ def resume_study(
     cfg = recorded_config(launch, echo)
     with StudyLock(Path(launch.workdir), cfg.name):
         mlruns.check_tracking_uri(launch.tracking_uri)
+        prepare_store(Path(launch.workdir), launch.tracking_uri)
         if launch.ray_address:
             check_ray_address(launch.ray_address)
         if not Path(launch.experiment_path, "tuner.pkl").is_file():
             raise UserError(f"no Ray Tune state at {launch.experiment_path}; the study cannot be resumed (start it again)")
         c = mlruns.client(launch.tracking_uri)
         c.update_run(launch.parent_run_id, status="RUNNING")
+        if layout.TAG_OUTCOME in c.get_run(launch.parent_run_id).data.tags:  # killed, then reconciled: open again
+            c.delete_tag(launch.parent_run_id, layout.TAG_OUTCOME)
         echo(f"resuming study {cfg.name} from {launch.experiment_path}")
         return _analyze(fit(launch, cfg, echo, restore=True, retry_failed=retry_failed), cfg, analyze, echo)

@@ -2,17 +2,19 @@
 ``resources.models_per_trial`` is 1), trained with the paper's recipe, each cell tracked in its own
 MLflow child run.
 
-The trial's ``config`` holds the study's packs (``packs``: lists of cells, each ``architecture``,
-``activation``, ``seed``) and this trial's index among them (``pack``: the grid-searched dimension),
-the resolved study config (``study``), the absolute dataset path (``data_path``), where to track
-(``tracking``: ``uri``, ``experiment_id``, ``parent_run_id``) and the study's ``workdir`` (fault
-markers).
+The trial's ``config`` holds what the grid is: the study's packs (``packs``: lists of cells, each
+``architecture``, ``activation``, ``seed``), this trial's index among them (``pack``: the grid-searched
+dimension) and the resolved study config (``study``). Where the study lives (workdir, tracking store,
+dataset) is not in it: Ray Tune keeps a trial's config in its experiment state, which a copied or moved
+workdir carries along, so the driver hands each launch or resume its :class:`Site` (``tune.with_parameters``),
+resolved from the workdir it was given.
 
 Each cell keeps everything a one-cell trial has: its child run (found again on a retry or resume by
 the trial id and the cell's name), its seed, plateau, early stopping and best-weight restore. A cell
 that ends (finished, or diverged) is closed in MLflow at once, before the checkpoint that records it
 as closed; its pack-mates go on. Reports carry one ``events`` line per cell that ended, which the
-driver prints.
+driver prints. The pack's state is checkpointed in files of the trainable's own
+(:class:`~hybridlens.study.checkpoints.CheckpointStore`), not through Ray.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +31,30 @@ from hybridlens.analysis import mlflow_layout as layout
 from hybridlens.analysis import runs as mlruns
 from hybridlens.study import tracking
 from hybridlens.study.config import StudyConfig, parse_config
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one launch's (or resume's) study lives, absolute, for the workdir the driver was given."""
+
+    workdir: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    data_path: str
+    ray_experiment: str
+
+    def checkpoints(self, trial_id: str):
+        from hybridlens.study.checkpoints import CheckpointStore
+
+        return CheckpointStore(Path(self.workdir) / "checkpoints" / self.ray_experiment / trial_id)
+
+    def recorded_data_path(self) -> str:
+        """The dataset as runs record it: relative to the workdir when it lies inside it."""
+        from hybridlens.study.launches import inside
+
+        return inside(self.data_path, Path(self.workdir))
+
 
 _DATA: dict = {}  # loaded once per worker process: (path, device) -> (Dataset, TensorData)
 
@@ -85,17 +112,19 @@ def _maybe_fault(cfg: StudyConfig, cell: dict, epoch: int, trial_id: str, workdi
 
 
 def _open_child_run(
-    c, trk: dict, trial_id: str, cfg: StudyConfig, cell: dict, dataset_hash: str, *, reopen: bool = True, inputs=()
+    c, site: Site, trial_id: str, cfg: StudyConfig, cell: dict, dataset_hash: str, *, reopen: bool = True, inputs=()
 ) -> str:
     """Find the cell's child run (a retry or resume) or create it (with the dataset ``inputs``); leave
     it RUNNING unless ``reopen`` is false (a cell the pack had closed before its checkpoint keeps its end
     status)."""
-    run_id = tracking.find_trial_run(c, trk["experiment_id"], trk["parent_run_id"], trial_id, layout.cell_name(**cell))
+    run_id = tracking.find_trial_run(c, site.experiment_id, site.parent_run_id, trial_id, layout.cell_name(**cell))
     if run_id is not None:
         run = c.get_run(run_id)
-        if reopen and run.info.status != "RUNNING":
-            c.update_run(run_id, status="RUNNING")
-            # a failed run retried: its end is not known yet, nor how this attempt trains
+        if reopen:
+            if run.info.status != "RUNNING":
+                c.update_run(run_id, status="RUNNING")
+            # a retried run (failed, or left RUNNING by a killed worker): its end is not known yet, nor
+            # how this attempt trains
             for tag in (layout.TAG_OUTCOME, layout.TAG_ERROR, layout.TAG_TRAIN_PATH_REASON):
                 if tag in run.data.tags:
                     c.delete_tag(run_id, tag)
@@ -103,10 +132,10 @@ def _open_child_run(
     import ray
 
     run = c.create_run(
-        trk["experiment_id"],
+        site.experiment_id,
         run_name=layout.cell_name(**cell),
         tags={
-            layout.TAG_PARENT: trk["parent_run_id"],
+            layout.TAG_PARENT: site.parent_run_id,
             layout.TAG_TRIAL: trial_id,
             layout.TAG_STUDY: cfg.name,
             layout.TAG_KIND: "trial",
@@ -123,15 +152,7 @@ def _open_child_run(
     return run.info.run_id
 
 
-def _save_state(pack, closed: list[bool]) -> "object":
-    from ray import tune
-
-    d = tempfile.mkdtemp(prefix="hybridlens-ckpt-")
-    torch.save({**pack.state_dict(), "closed": closed}, Path(d) / "pack.pt")
-    return tune.Checkpoint.from_directory(d)
-
-
-def _log_artifacts(c, run_id: str, trainer, ds, cfg: StudyConfig, cell: dict, config: dict) -> None:
+def _log_artifacts(c, run_id: str, trainer, ds, cfg: StudyConfig, cell: dict, site: Site) -> None:
     from hybridlens.analysis.filters import filter_motifs
     from hybridlens.analysis.motifs import write_meme
 
@@ -145,7 +166,7 @@ def _log_artifacts(c, run_id: str, trainer, ds, cfg: StudyConfig, cell: dict, co
             "trial_name": layout.cell_name(**cell),
             "params": trial_params(cfg, cell, ds.content_hash),
             "study": cfg.resolved(),
-            "data_path": config["data_path"],
+            "data_path": site.recorded_data_path(),  # relative to the workdir when inside it
             "dataset_hash": ds.content_hash,
         }
         (d / "config" / "trial.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
@@ -189,7 +210,7 @@ class _Cell:
         self.pending.clear()
 
 
-def _close(c, member, m, ds, cfg: StudyConfig, config: dict, elapsed: float) -> list[str]:
+def _close(c, member, m, ds, cfg: StudyConfig, site: Site, elapsed: float) -> list[str]:
     """Close an ended member's child run: final metrics, artifacts and FINISHED, or the divergence
     and FAILED. Returns ``[cell name, the driver's line for it]``."""
     import ray
@@ -208,7 +229,7 @@ def _close(c, member, m, ds, cfg: StudyConfig, config: dict, elapsed: float) -> 
         step=trainer.epoch,
         tags={layout.TAG_OUTCOME: "finished", layout.TAG_NODE: ray.get_runtime_context().get_node_id()},
     )
-    _log_artifacts(c, m.run_id, trainer, ds, cfg, m.cell, config)
+    _log_artifacts(c, m.run_id, trainer, ds, cfg, m.cell, site)
     c.set_terminated(m.run_id, "FINISHED")
     return [
         m.name,
@@ -243,7 +264,7 @@ def _setup(cfg: StudyConfig, cells: list[dict], data_path: str, device: torch.de
     return ds, data, pack
 
 
-def _fail_deterministically(c, trk: dict, trial_id: str, cfg: StudyConfig, cells: list[dict], e: Exception) -> None:
+def _fail_deterministically(c, site: Site, trial_id: str, cfg: StudyConfig, cells: list[dict], e: Exception) -> None:
     """Record a setup failure on every cell's run (FAILED, with the cause) and end the trial without
     an error, so that Ray does not retry it ``max_failures`` times; the driver prints each cell's line."""
     from ray import tune
@@ -254,7 +275,7 @@ def _fail_deterministically(c, trk: dict, trial_id: str, cfg: StudyConfig, cells
     )
     events = []
     for cell in cells:
-        run_id = c.call(_open_child_run, c, trk, trial_id, cfg, cell, "")
+        run_id = c.call(_open_child_run, c, site, trial_id, cfg, cell, "")
         c.set_tag(run_id, layout.TAG_OUTCOME, "failed")
         c.set_tag(run_id, layout.TAG_ERROR, why)
         c.set_terminated(run_id, "FAILED")
@@ -262,8 +283,8 @@ def _fail_deterministically(c, trk: dict, trial_id: str, cfg: StudyConfig, cells
     tune.report({"epoch": 0, "events": events, "done": 1})
 
 
-def train_trial(config: dict) -> None:
-    """Ray Tune function trainable (see the module docstring for ``config``)."""
+def train_trial(config: dict, site: Site) -> None:
+    """Ray Tune function trainable (see the module docstring for ``config`` and ``site``)."""
     import time
 
     from ray import tune
@@ -271,40 +292,39 @@ def train_trial(config: dict) -> None:
     start = time.monotonic()
     cfg = parse_config(config["study"], "study config")
     cells = config["packs"][config["pack"]]
-    trk = config["tracking"]
-    workdir = Path(config["workdir"])
     trial_id = tune.get_context().get_trial_id()
+    store = site.checkpoints(trial_id)
+    if store.done() is not None:  # ended and closed every cell before (Ray restarted it)
+        tune.report({"epoch": 0, "events": [], "done": 1})
+        return
     device = _device(cfg)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))
 
     for k, v in tracking.MLFLOW_CLIENT_RETRIES.items():
         os.environ.setdefault(k, v)
-    c = tracking.RetryingClient(mlruns.client(trk["uri"]))
+    c = tracking.RetryingClient(mlruns.client(site.tracking_uri))
     try:
-        ds, data, pack = _setup(cfg, cells, config["data_path"], device)
+        ds, data, pack = _setup(cfg, cells, site.data_path, device)
     except Exception as e:
         if isinstance(e, OSError) or tracking.unreachable(e):
             raise  # the file system or a service: worth Ray's retries
         # the data, config or models are wrong: every attempt would fail the same way
         try:
-            _fail_deterministically(c, trk, trial_id, cfg, cells, e)
+            _fail_deterministically(c, site, trial_id, cfg, cells, e)
         except Exception:
             raise e from None  # could not even record it: let Ray retry and report the original error
         return
     closed = [False] * len(cells)
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        from hybridlens.study.pack import load_pack_state
-
-        with ckpt.as_directory() as d:
-            state = load_pack_state(Path(d) / "pack.pt")
+    latest = store.latest()
+    if latest is not None:
+        state, _ = latest
         pack.load_state_dict(state)
         closed = list(state["closed"])
     members = []  # the runs of cells closed before the checkpoint stay as they ended
     sizes = {s: len(ds.split(s)) for s in ("train", "valid", "test")}
-    inputs = [tracking.dataset_input(config["data_path"], ds.content_hash, sizes)]
+    inputs = [tracking.dataset_input(site.recorded_data_path(), ds.content_hash, sizes)]
     for cell, cl in zip(cells, closed):
-        run_id = c.call(_open_child_run, c, trk, trial_id, cfg, cell, ds.content_hash, reopen=not cl, inputs=inputs)
+        run_id = c.call(_open_child_run, c, site, trial_id, cfg, cell, ds.content_hash, reopen=not cl, inputs=inputs)
         members.append(_Cell(cell, run_id, tracking.TrialLogger(c, run_id)))
     try:
         epoch = max(m.trainer.epoch for m in pack.members)
@@ -315,17 +335,15 @@ def train_trial(config: dict) -> None:
             events = []
             for i, (member, m) in enumerate(zip(pack.members, members)):
                 if not member.active and not closed[i]:
-                    events.append(_close(c, member, m, ds, cfg, config, time.monotonic() - start))
+                    events.append(_close(c, member, m, ds, cfg, site, time.monotonic() - start))
                     closed[i] = True
             return events
 
         while True:
             events = close_ended()
             if pack.done:
-                tune.report(
-                    {"epoch": epoch, "events": events, "done": 1, "tracking_retries": c.retries},
-                    checkpoint=_save_state(pack, closed) if events else None,
-                )
+                store.finish({"epoch": epoch, "cells": [layout.cell_name(**cell) for cell in cells]})
+                tune.report({"epoch": epoch, "events": events, "done": 1, "tracking_retries": c.retries})
                 return
             for member, m in zip(pack.members, members):
                 if member.active and any(f.effect == "nan" and f.epoch == epoch + 1 and f.matches(m.cell) for f in cfg.faults):
@@ -343,21 +361,23 @@ def train_trial(config: dict) -> None:
             # and a pack of many cells would write its whole state almost every epoch
             checkpoint_now = epoch % cfg.ray.checkpoint_every == 0 or ended
             if epoch % cfg.ray.report_every == 0 or checkpoint_now:
-                for member, m in zip(pack.members, members):
-                    m.flush(member.trainer)
+                for member, m, cl in zip(pack.members, members, closed):
+                    if not cl:  # a cell closed before a resume keeps the tags its own training set
+                        m.flush(member.trainer)
                 events += close_ended()
+                if checkpoint_now:
+                    store.save({**pack.state_dict(), "closed": closed}, epoch)
                 tune.report(
                     {
                         "epoch": epoch,
                         "events": events,
                         "active": sum(mb.active for mb in pack.members),
                         "tracking_retries": c.retries,
-                    },
-                    checkpoint=_save_state(pack, closed) if checkpoint_now else None,
+                    }
                 )
             for member, m in zip(pack.members, members):
                 if member.active:
-                    _maybe_fault(cfg, m.cell, epoch, trial_id, workdir)
+                    _maybe_fault(cfg, m.cell, epoch, trial_id, Path(site.workdir))
     except Exception as e:
         try:
             for m, cl in zip(members, closed):

@@ -62,11 +62,24 @@ def test_data_task2_code_background(tmp_path):
         (["data", "task1", "--out", "x.h5", "--num-seqs", "3"], "--num-seqs must be at least 10"),
         (["data", "task2", "--out", "x.h5", "--max-motifs", "6"], "--max-motifs must be 5"),
         (["data", "task1"], "Missing option '--out'"),
+        (["data", "task1", "--out", "/proc/x.h5"], "cannot write /proc/x.h5: /proc does not take new files"),
+        (["data", "task1", "--out", "/sys/x.h5"], "cannot write /sys/x.h5: /sys does not take new files"),
+        (["--version", "data"], None),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, message):
     r = run(*args, cwd=tmp_path)
+    if message is None:  # --version: one line on stdout, nothing else done
+        assert r.returncode == 0 and r.stdout.strip() == "hybridlens 0.1.0" and not r.stderr
+        return
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hybridlens: error:") and message in lines[0], r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_under_a_file_is_one_line_before_simulating(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    r = run("data", "task1", "--out", "afile/x.h5", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "hybridlens: error: cannot write afile/x.h5: afile is a file, not a folder"
+    assert "sequences" not in r.stderr and (tmp_path / "afile").read_text() == "mine"

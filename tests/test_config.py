@@ -68,6 +68,39 @@ def test_yaml_syntax_error(tmp_path):
         load_config(p)
 
 
+def test_configs_that_are_not_yaml_files_are_one_line(tmp_path):
+    """A binary file, a folder and a file over 1 MB are refused before YAML parses anything."""
+    import time
+
+    from hybridlens.analysis.errors import UserError
+
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(bytes(range(256)) * 10)
+    with pytest.raises(UserError, match=r"model.pt: not a text file \(byte 128 is not UTF-8\); give a study YAML file"):
+        load_config(binary)
+    with pytest.raises(UserError, match="is a folder; give a study YAML file"):
+        load_config(tmp_path)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("name: x\ntask: task1\ngrid:\n  seeds: [" + ", ".join(map(str, range(300_000))) + "]\n")
+    t0 = time.monotonic()
+    with pytest.raises(
+        UserError, match=r"huge.yaml is [0-9,]+ bytes; a study config is a YAML file of settings \(at most 1 MB\)"
+    ):
+        load_config(huge)
+    assert time.monotonic() - t0 < 1
+
+
+def test_attributions_can_be_turned_off():
+    from hybridlens.analysis.attributions import parse_methods
+    from hybridlens.analysis.errors import UserError
+
+    cfg = parse_config({"name": "x", "task": "task1", "analysis": {"attributions": []}})
+    assert cfg.analysis.attributions == [] and parse_methods(cfg.analysis.attributions) == ()
+    assert parse_methods("none") == () and parse_methods("None") == ()
+    with pytest.raises(UserError, match="no attribution method given; name some .* or none"):
+        parse_methods("")
+
+
 def test_cli_rejects_bad_config_before_any_work(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"name": "x", "task": "task1", "train": {"epochs": 0}}))

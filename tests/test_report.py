@@ -311,3 +311,82 @@ def test_a_task1_file_without_placements_is_analysed_without_attributions(tmp_pa
     c = client(summary.launch.tracking_uri)
     for r in child_runs(c, summary.launch.experiment_id, summary.launch.parent_run_id):
         assert "no motif placements" in r.data.tags[TAG_ATTR_UNAVAILABLE] and "tpr" in r.data.metrics
+
+
+def test_an_output_folder_it_did_not_write_is_refused_before_any_work(task1, tmp_path):
+    """--out at a folder of the user's (or the current folder), or at a file: one line, exit 2, before any
+    analysis, everything left as it was; the analysis' own folders carry its marker and are readable."""
+    import os
+    import stat
+
+    work, _ = task1
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "mydata.h5").write_bytes(b"\x89HDF\r\n")
+    data = tmp_path / "task1.h5"
+    data.write_bytes(b"not to be replaced")
+    for out, cwd in ((mine, None), (data, None), (".", mine)):
+        r = subprocess.run(
+            [sys.executable, "-m", "hybridlens.study.cli", "analyze", "--study", "tiny-task1", "--workdir", str(work), "--out", str(out)],
+            capture_output=True, text=True, timeout=600, cwd=cwd,
+        )  # fmt: skip
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("hybridlens: error: analysis output folder "), (
+            r.stderr
+        )
+        assert "analysing" not in r.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["mydata.h5", "notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    assert data.read_bytes() == b"not to be replaced" and sorted(p.name for p in tmp_path.iterdir()) == ["mine", "task1.h5"]
+    out = work / "analysis" / "tiny-task1"
+    assert (out / ".hybridlens-analysis").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+
+
+def test_two_analyses_at_once_take_turns_and_log_each_value_once(task1):
+    """Two analyses of one study started together (with settings that change the attribution values):
+    the second says who runs the first and waits; every (run, metric, step) gains at most one entry;
+    analysis.json records the settings of the latest values."""
+    import json
+    import sqlite3
+
+    work, summary = task1
+    db = work / "mlflow.db"
+
+    def entries() -> dict:
+        with sqlite3.connect(db) as con:
+            rows = con.execute("select run_uuid, key, step, count(*) from metrics where key like 'attr_%' group by 1, 2, 3")
+            return {(r, k, s): n for r, k, s, n in rows}
+
+    before = entries()
+    args = [sys.executable, "-m", "hybridlens.study.cli", "analyze", "--study", "tiny-task1", "--workdir", str(work),
+            "--max-sequences", "2"]  # fmt: skip
+    procs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert (
+        sum("the analysis of study 'tiny-task1' is being run by process" in e and "waiting for it to finish" in e for e in errs)
+        == 1
+    )
+    after = entries()
+    assert after and all(after[k] - before.get(k, 0) <= 1 for k in after), {
+        k: v for k, v in after.items() if v - before.get(k, 0) > 1
+    }
+    meta = json.loads((work / "analysis" / "tiny-task1" / "analysis.json").read_text())
+    assert meta["max_sequences"] == 2 and meta["attributions"] == ["saliency", "saliency_corrected"]
+
+
+def test_attributions_none_analyses_without_them(task1, tmp_path):
+    work, _ = task1
+    r = _cli(
+        "analyze", "--study", "tiny-task1", "--workdir", str(work), "--out", str(tmp_path / "plain"), "--attributions", "none"
+    )
+    assert r.returncode == 0, r.stderr
+    names = {p.name for p in (tmp_path / "plain").iterdir()}
+    assert (
+        "summary.csv" in names
+        and "attributions.csv" not in names
+        and "attr_" not in (tmp_path / "plain" / "per_run.csv").read_text()
+    )

@@ -150,17 +150,21 @@ def test_runs_table(smoke):
 
 
 @contextlib.contextmanager
-def _ui(workdir: Path):
-    """``hybridlens ui`` on a free port, once it answers: yields (port, the lines it printed first)."""
+def _ui(workdir: Path, port: int | None = None):
+    """``hybridlens ui`` on a free port (``port`` 0: the one it picks and prints), once it answers:
+    yields (port, the lines it printed first)."""
     import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     proc = _cli("ui", "--workdir", str(workdir), "--port", str(port), start_new_session=True)
     try:
         first = [proc.stdout.readline(), proc.stdout.readline()]
+        if port == 0:
+            port = int(first[0].split("http://127.0.0.1:")[1].split()[0])
         end = time.time() + 90
         while True:
             try:
@@ -776,3 +780,114 @@ def test_a_study_starts_its_own_ray_beside_a_running_ray_cluster(tmp_path, data_
         assert not cluster.head_node.dead_processes()  # left running
     finally:
         cluster.shutdown()
+
+
+# ------------------------------------------------------------------ workdirs, checkpoints, stores (#22)
+
+
+def test_a_killed_study_copied_elsewhere_resumes_in_the_copy_from_its_own_checkpoints(tmp_path, data_file):
+    """SIGKILL mid-study; the workdir is copied elsewhere and the original deleted; in the copy the
+    running trial's newest checkpoint is damaged and a killed write lies beside it. ``runs``,
+    ``reconcile``, ``resume`` and ``analyze`` on the copy act on the copy (nothing appears at the old
+    path), the trial resumes from its newest complete checkpoint, every cell has one run with every
+    step once, and the parent ends FINISHED with outcome finished."""
+    import shutil
+
+    cfg = write_config(
+        tmp_path,
+        data_file,
+        name="moved",
+        grid={"architectures": ["C24"], "activations": ["relu", "exp"]},
+        train={"epochs": EPOCHS, "early_stopping_patience": None},
+        resources={"max_concurrent": 1},
+        ray={"checkpoint_every": 2},
+    )
+    orig = tmp_path / "orig"
+    work = orig / "work"
+    orig.mkdir()
+    proc = _cli("study", str(cfg), "--workdir", str(work), "--no-analyze", start_new_session=True)
+
+    def second_trial_checkpointed() -> bool:
+        counts = _db_counts(work / "mlflow.db")
+        trials = [p for p in (work / "checkpoints").glob("*/*") if list(p.glob("pack-*.pt"))]
+        return counts.get("FINISHED", 0) >= 1 and counts.get("RUNNING", 0) >= 1 and len(trials) >= 1
+
+    _wait_for(second_trial_checkpointed, 240, proc)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    copy = tmp_path / "copy" / "work"
+    shutil.copytree(work, copy)
+    shutil.rmtree(orig)
+    (running,) = [p for p in (copy / "checkpoints").glob("*/*") if list(p.glob("pack-*.pt"))]
+    files = sorted(running.glob("pack-*.pt"))
+    if len(files) == 2:  # the newest damaged: the one before it is the newest complete
+        files[-1].write_bytes(files[-1].read_bytes()[:200])
+    (running / ".pack-999999.pt.killed.tmp").write_bytes(b"a write killed half-way")
+
+    r = _run_cli("runs", "--workdir", copy, timeout=120)
+    assert r.returncode == 0 and "RUNNING" in r.stdout, r.stderr
+    r = _run_cli("reconcile", "--workdir", copy, timeout=120)
+    assert r.returncode == 0 and "KILLED" in r.stderr, r.stderr
+    r = _run_cli("resume", copy, "--no-analyze", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("study moved complete: 2 finished, 0 failed, 0 diverged, 0 killed")
+    assert "Token authentication" not in r.stderr  # Ray's notice about its own default stays out of the output
+    c, launch, runs = runs_of(copy)
+    assert launch.workdir == str(copy) and sorted(x.data.tags["mlflow.runName"] for x in runs) == ["C24-exp-s0", "C24-relu-s0"]
+    for x in runs:
+        assert x.info.status == "FINISHED" and steps(c, x.info.run_id) == list(range(1, EPOCHS + 1))
+        assert x.info.artifact_uri.startswith((copy / "mlartifacts").as_uri())
+    parent = c.get_run(launch.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags[layout.TAG_OUTCOME] == "finished"
+    r = _run_cli("analyze", "--study", "moved", "--workdir", copy, "--attributions", "none", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"tables and figures in {copy / 'analysis' / 'moved'}" in r.stderr  # absolute, in the copy
+    assert not orig.exists()  # nothing was created at the old path
+    assert all(not list(p.glob("pack-*.pt")) and (p / "done.json").is_file() for p in (copy / "checkpoints").glob("*/*"))
+
+
+def _ui_fails(workdir: Path, *args) -> subprocess.CompletedProcess:
+    return _run_cli("ui", "--workdir", workdir, *args, timeout=60)
+
+
+def test_ui_refuses_busy_and_impossible_ports_and_reports_the_real_one(smoke):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        r = _ui_fails(smoke[0], "--port", str(busy))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"hybridlens: error: port {busy} on 127.0.0.1 is in use (another server); pass another --port, or --port 0 for a free one"
+    ]
+    for bad in ("70000", "-1"):
+        r = _ui_fails(smoke[0], "--port", bad)
+        assert (
+            r.returncode == 2
+            and r.stderr.strip() == f"hybridlens: error: --port {bad} is not a port number (0 to 65535; 0 picks a free one)"
+        )
+    with _ui(smoke[0], port=0) as (port, first):  # a second UI while the first holds (or is still binding) the port
+        assert port != 0 and first[0].startswith(f"MLflow UI on http://127.0.0.1:{port} ")
+        r = _ui_fails(smoke[0], "--port", str(port))
+        assert r.returncode == 2 and "is taken by another 'hybridlens ui' (process " in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_a_damaged_store_is_one_line_for_every_command(smoke, tmp_path, data_file):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(smoke[0], work)
+    db = work / "mlflow.db"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    cfg = write_config(tmp_path, data_file)
+    for args in (["runs", "--workdir", work], ["analyze", "--study", "tiny", "--workdir", work], ["resume", work],
+                 ["reconcile", "--workdir", work], ["ui", "--workdir", work, "--port", "0"],
+                 ["study", cfg, "--workdir", work, "--no-analyze"]):  # fmt: skip
+        r = _run_cli(*args, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.strip().splitlines() == [
+            f"hybridlens: error: the MLflow store {db} is damaged (database disk image is malformed); restore it from a "
+            "backup, or start a new workdir (--workdir)"
+        ], (args, r.stderr)
