@@ -71,7 +71,7 @@ def _timed(make, device: torch.device, epochs: int) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     step, trainers = make()
     rate = measure(step, device, epochs)
-    paths = sorted({"%s (%s)" % p if p[1] else p[0] for p in (t.train_path for t in trainers)})
+    paths = sorted({"%s (%s)" % p if p[1] else p[0] for p in (t.train_path for t in trainers)})  # trainers or pack members
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"rate": rate, "path": "; ".join(paths), "peak_mib": peak}
 
@@ -92,13 +92,14 @@ def one_model(arch: str, task: str, data: TensorData, epochs: int, *, graph: boo
 
 
 def pack(arch: str, task: str, data: TensorData, epochs: int, size: int) -> dict:
-    """A PackTrainer of ``size`` members; only the members that trained an epoch count."""
+    """A PackTrainer of ``size`` members, stacked (a pack of one too); only the members that trained an
+    epoch count."""
 
     def make():
-        p = PackTrainer()
+        p = PackTrainer("stacked")
         for seed in range(size):
             p.add(_trainer(arch, task, data, seed))
-        return (lambda: sum(isinstance(r, dict) for r in p.step())), [m.trainer for m in p.members]
+        return (lambda: sum(isinstance(r, dict) for r in p.step())), p.members
 
     return _timed(make, data.device, epochs)
 

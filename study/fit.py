@@ -62,6 +62,7 @@ def _progress_callback(echo: Echo, total: int):
 
         def __init__(self):
             self.ended: set[str] = set()
+            self.noted: set[str] = set()
             self.errors = 0
             self.last_beat = time.monotonic()
 
@@ -69,6 +70,9 @@ def _progress_callback(echo: Echo, total: int):
             echo(f"  start   {', '.join(_pack_cells(trial))}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("note") and trial.trial_id not in self.noted:  # a pack whose members train in turn
+                self.noted.add(trial.trial_id)
+                echo(f"  note    {', '.join(_pack_cells(trial))}: {result['note']}")
             for name, what in result.get("events") or []:
                 if result.get("tracking_retries"):
                     what += f"; MLflow logging retried {result['tracking_retries']} time(s)"

@@ -224,8 +224,11 @@ class Trainer:
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Loss, AUROC and AUPR on ``split`` in eval mode."""
-        x, y = self.data.splits[split]
-        logits = self.predict(x)
+        return self.metrics_from(split, self.predict(self.data.splits[split][0]))
+
+    def metrics_from(self, split: str, logits: torch.Tensor) -> dict[str, float]:
+        """Loss, AUROC and AUPR of ``logits`` ``(N, T)`` against ``split``'s labels (one host sync)."""
+        y = self.data.splits[split][1]
         loss, auroc, aupr = torch.cat(
             [self.loss_fn(logits, y).double().reshape(1), auc_torch(y, logits, self.config.auc)]
         ).tolist()
@@ -243,9 +246,17 @@ class Trainer:
         epoch) and ``best_epoch``. Raises :class:`Diverged` on a NaN/inf training loss.
         """
         lr = self.lr
-        metrics: dict[str, float] = self._train_epoch()
+        train = self._train_epoch()
+        return self.record_epoch(train, self.evaluate("valid"), lr)
+
+    def record_epoch(self, train: dict[str, float], valid: dict[str, float], lr: float) -> dict[str, float]:
+        """An epoch trained elsewhere (a pack's stacked step) or by :meth:`step`: count it, and update the
+        best epoch, early stopping and the plateau from its ``train`` and ``valid`` metrics (``lr``: the
+        rate it trained at). Returns the epoch's metrics, as :meth:`step` does; the model must hold the
+        epoch's weights (the best epoch's are copied from it)."""
+        metrics: dict[str, float] = dict(train)
         self.epoch += 1
-        metrics.update({f"val_{k}": v for k, v in self.evaluate("valid").items()})
+        metrics.update({f"val_{k}": v for k, v in valid.items()})
         value = metrics[self.config.monitor]
         if self._improved(value):
             self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0

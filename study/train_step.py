@@ -71,16 +71,19 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
-def capture(fn: Callable[[], None], device: torch.device) -> torch.cuda.CUDAGraph:
+def capture(fn: Callable[[], None], device: torch.device, *, generators=()) -> torch.cuda.CUDAGraph:
     """Capture ``fn()`` as a CUDA graph on a side stream of ``device`` (capture mode ``thread_local``:
     Ray runs the trainable beside threads of its own) and return it.
 
     If ``fn`` or the end of the capture fails, the error that broke the capture is raised, with the
     thread back on the stream it was on and the caching allocator no longer routing this thread's
     allocations into the graph's private pool (which is released). ``torch.cuda.graph`` does neither
-    on a failure (its ``__exit__`` calls ``capture_end`` first, which raises).
+    on a failure (its ``__exit__`` calls ``capture_end`` first, which raises). ``generators``: CUDA
+    generators besides the default one that ``fn`` draws from (each replay then advances them).
     """
     graph = torch.cuda.CUDAGraph()
+    for g in generators:
+        graph.register_generator_state(g)
     pool = torch.cuda.graph_pool_handle()
     index = device.index if device.index is not None else torch.cuda.current_device()
     torch.cuda.synchronize(device)
@@ -180,11 +183,128 @@ def is_capturable(optimizer: torch.optim.Optimizer) -> bool:
     return bool(optimizer.param_groups[0].get("capturable", False))
 
 
-class TrainStep:
+class CapturedStep:
+    """What a training step on fixed buffers needs to be replayed as a CUDA graph, whatever it trains (one
+    model: :class:`TrainStep`; a pack's stacked members: ``study.pack.PackStep``).
+
+    Call :meth:`begin_epoch`, then the step once per batch of row indices (``(..., B)``, B <=
+    ``batch_size``). A full-size batch on a CUDA device is captured once (after the warm-up, which is
+    undone) and then replayed; a smaller one runs eagerly on the same buffers. A subclass provides
+    :meth:`_body` (the step, the same code eagerly and under capture), :meth:`_snapshot` and
+    :meth:`_restore` (everything the warm-up changes), :meth:`_before_capture` and :meth:`_to_plain`
+    (the optimizer's eager form after a fallback), and may register random generators with the graph
+    (:attr:`generators`).
+    """
+
+    #: CUDA generators (besides the default one) the step draws from inside the graph.
+    generators: tuple = ()
+
+    def __init__(self, device: torch.device, rows: int, batch_size: int, *, graph: bool):
+        self.device, self.rows, self.batch_size = device, rows, batch_size
+        self.want_graph = graph and device.type == "cuda"
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_idx: torch.Tensor | None = None
+        self.fallback_reason: str | None = None
+        if device.type == "cuda" and not graph:
+            self.fallback_reason = "train.cuda_graph is false"
+
+    @property
+    def uses_graph(self) -> bool:
+        return self.graph is not None
+
+    @property
+    def path(self) -> tuple[str, str | None]:
+        """The training path, ``cuda-graph``, ``cuda-eager`` or ``cpu``, and why a GPU step is eager (None
+        otherwise)."""
+        if self.device.type != "cuda":
+            return PATH_CPU, None
+        if self.graph is not None:
+            return PATH_GRAPH, None
+        if self.fallback_reason is not None:
+            return PATH_EAGER, self.fallback_reason
+        if self.rows < self.batch_size:
+            return PATH_EAGER, f"the training split ({self.rows} rows) is smaller than one batch"
+        return PATH_EAGER, "not captured yet (no full-size batch trained)"
+
+    def begin_epoch(self) -> None:
+        raise NotImplementedError
+
+    def _body(self, idx: torch.Tensor, *, zero_grad: bool = True) -> None:
+        raise NotImplementedError
+
+    def _snapshot(self):
+        raise NotImplementedError
+
+    def _restore(self, snapshot) -> None:
+        raise NotImplementedError
+
+    def _before_capture(self) -> None:
+        """Right before the capture (after the warm-up)."""
+
+    def _to_plain(self) -> None:
+        """After a fallback: the optimizer in its eager form."""
+
+    def __call__(self, idx: torch.Tensor) -> None:
+        """Train on the rows ``idx`` (a device long tensor whose last dimension is the batch)."""
+        full = idx.shape[-1] == self.batch_size
+        if self.want_graph and self.graph is None and self.fallback_reason is None and full:
+            self._capture(idx.shape)
+        if self.graph is not None and full:
+            self.static_idx.copy_(idx)
+            self.graph.replay()
+        else:
+            self._body(idx)
+
+    def fall_back(self, reason: str) -> None:
+        """Train eagerly from now on: no graph, the optimizer in its eager form; :attr:`path` gives ``reason``."""
+        self.graph, self.static_idx, self.fallback_reason = None, None, reason
+        self._to_plain()
+
+    def _rng(self):
+        return [torch.cuda.get_rng_state(self.device)] + [g.get_state() for g in self.generators]
+
+    def _set_rng(self, states) -> None:
+        torch.cuda.set_rng_state(states[0], self.device)
+        for g, state in zip(self.generators, states[1:]):
+            g.set_state(state)
+
+    def _capture(self, shape: tuple[int, ...]) -> None:
+        earlier = graphs_disabled()
+        if earlier is not None:
+            self.fall_back(f"no CUDA graphs in this process after a failed capture ({earlier})")
+            return
+        device = self.device
+        snapshot, rng = self._snapshot(), self._rng()
+        static_idx = torch.arange(self.batch_size, device=device).expand(shape).contiguous()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # an error here is the step's own: eager training would raise it too
+            for _ in range(WARMUP_STEPS):
+                self._body(static_idx)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self._before_capture()
+        try:
+            graph = capture(lambda: self._body(static_idx, zero_grad=False), device, generators=self.generators)
+        except Exception as e:  # noqa: BLE001 - any capture failure means: train eagerly
+            reason = describe(e)
+            _disable_graphs(reason)
+            _reset_graph_rng(device)
+            self._restore(snapshot)
+            self._set_rng(rng)
+            self.fall_back(reason)
+            self.begin_epoch()
+            return
+        self._restore(snapshot)
+        self._set_rng(rng)
+        self.begin_epoch()
+        self.graph, self.static_idx = graph, static_idx
+
+
+class TrainStep(CapturedStep):
     """One training step of ``model`` on rows of ``x`` ``(N, 4, L)`` / ``y`` ``(N, T)``; see the module docstring.
 
-    Call :meth:`begin_epoch`, then the step once per batch of row indices, then read :attr:`loss_sum`
-    (the sum of batch loss x batch size, a 0-d device tensor) and :attr:`logits` ``(N, T)``.
+    Call :meth:`begin_epoch`, then the step once per batch of row indices ``(B,)``, then read
+    :attr:`loss_sum` (the sum of batch loss x batch size, a 0-d device tensor) and :attr:`logits` ``(N, T)``.
 
     Parameters
     ----------
@@ -204,34 +324,11 @@ class TrainStep:
         *,
         graph: bool = False,
     ):
+        super().__init__(x.device, x.shape[0], batch_size, graph=graph)
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.loss_sum = torch.zeros((), device=x.device)
+        self.x, self.y = x, y
+        self.loss_sum = torch.zeros((), device=x.device, dtype=y.dtype)
         self.logits = torch.empty_like(y)
-        self.want_graph = graph and x.device.type == "cuda"
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_idx: torch.Tensor | None = None
-        self.fallback_reason: str | None = None
-        if x.device.type == "cuda" and not graph:
-            self.fallback_reason = "train.cuda_graph is false"
-
-    @property
-    def uses_graph(self) -> bool:
-        return self.graph is not None
-
-    @property
-    def path(self) -> tuple[str, str | None]:
-        """The training path, ``cuda-graph``, ``cuda-eager`` or ``cpu``, and why a GPU step is eager (None
-        otherwise)."""
-        if self.x.device.type != "cuda":
-            return PATH_CPU, None
-        if self.graph is not None:
-            return PATH_GRAPH, None
-        if self.fallback_reason is not None:
-            return PATH_EAGER, self.fallback_reason
-        if self.x.shape[0] < self.batch_size:
-            return PATH_EAGER, f"the training split ({self.x.shape[0]} rows) is smaller than one batch"
-        return PATH_EAGER, "not captured yet (no full-size batch trained)"
 
     def begin_epoch(self) -> None:
         self.loss_sum.zero_()
@@ -248,26 +345,15 @@ class TrainStep:
         self.loss_sum.add_(loss.detach() * idx.numel())
         self.logits.index_copy_(0, idx, logits.detach())
 
-    def __call__(self, idx: torch.Tensor) -> None:
-        """Train on the rows ``idx`` ``(B,)`` (a device long tensor), ``B <= batch_size``."""
-        if self.want_graph and self.graph is None and self.fallback_reason is None and idx.numel() == self.batch_size:
-            self._capture()
-        if self.graph is not None and idx.numel() == self.batch_size:
-            self.static_idx.copy_(idx)
-            self.graph.replay()
-        else:
-            self._body(idx)
-
-    # ----------------------------------------------------------------------------------- capture
-    def _snapshot(self) -> tuple[list[torch.Tensor], dict, torch.Tensor]:
+    def _snapshot(self) -> tuple[list[torch.Tensor], dict]:
         weights = [t.detach().clone() for t in self.model.state_dict().values()]
         opt = {
             id(p): {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)} for p, s in self.optimizer.state.items()
         }
-        return weights, opt, torch.cuda.get_rng_state(self.x.device)
+        return weights, opt
 
     def _restore(self, snapshot) -> None:
-        weights, opt, rng = snapshot
+        weights, opt = snapshot
         with torch.no_grad():
             for t, saved in zip(self.model.state_dict().values(), weights):
                 t.copy_(saved)
@@ -277,41 +363,12 @@ class TrainStep:
                     if isinstance(v, torch.Tensor):
                         # state the warm-up created starts at zero (Adam: step, both moments)
                         v.copy_(saved[k]) if saved is not None else v.zero_()
-        torch.cuda.set_rng_state(rng, self.x.device)
 
-    def fall_back(self, reason: str) -> None:
-        """Train eagerly from now on: no graph, Adam in its plain form (a float rate, steps on the CPU),
-        gradients dropped; :attr:`path` gives ``reason``."""
-        self.graph, self.static_idx, self.fallback_reason = None, None, reason
+    def _before_capture(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
+
+    def _to_plain(self) -> None:
+        """Adam in its plain form (a float rate, steps on the CPU), gradients dropped."""
         self.optimizer.zero_grad(set_to_none=True)
         if is_capturable(self.optimizer):
-            normalise_optimizer(self.optimizer, capturable=False, device=self.x.device)
-
-    def _capture(self) -> None:
-        earlier = graphs_disabled()
-        if earlier is not None:
-            self.fall_back(f"no CUDA graphs in this process after a failed capture ({earlier})")
-            return
-        device = self.x.device
-        snapshot = self._snapshot()
-        static_idx = torch.arange(self.batch_size, device=device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # an error here is the step's own: eager training would raise it too
-            for _ in range(WARMUP_STEPS):
-                self._body(static_idx)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
-        try:
-            graph = capture(lambda: self._body(static_idx, zero_grad=False), device)
-        except Exception as e:  # noqa: BLE001 - any capture failure means: train eagerly
-            reason = describe(e)
-            _disable_graphs(reason)
-            _reset_graph_rng(device)
-            self._restore(snapshot)
-            self.fall_back(reason)
-            self.begin_epoch()
-            return
-        self._restore(snapshot)
-        self.begin_epoch()
-        self.graph, self.static_idx = graph, static_idx
+            normalise_optimizer(self.optimizer, capturable=False, device=self.device)

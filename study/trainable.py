@@ -175,18 +175,18 @@ def _log_artifacts(c, run_id: str, trainer, ds, cfg: StudyConfig, cell: dict, si
         c.log_artifacts(run_id, str(d))
 
 
-def path_tags(trainer) -> dict[str, str]:
-    """The run's training-path tags: ``hybridlens.train_path`` and, for a GPU run that trains eagerly,
-    ``hybridlens.train_path_reason``."""
+def path_tags(member) -> dict[str, str]:
+    """The run's training-path tags (``member``: a pack member, or anything with a ``train_path``):
+    ``hybridlens.train_path`` and, for a GPU run that trains eagerly, ``hybridlens.train_path_reason``."""
     from hybridlens.study.train_step import PATH_EAGER
 
-    path, reason = trainer.train_path
+    path, reason = member.train_path
     return {layout.TAG_TRAIN_PATH: path} | ({layout.TAG_TRAIN_PATH_REASON: reason} if path == PATH_EAGER and reason else {})
 
 
-def path_note(trainer) -> str:
+def path_note(member) -> str:
     """``; eager (reason)`` for the driver's line of a GPU cell that trained eagerly, else empty."""
-    tags = path_tags(trainer)
+    tags = path_tags(member)
     return f"; eager ({tags[layout.TAG_TRAIN_PATH_REASON]})" if layout.TAG_TRAIN_PATH_REASON in tags else ""
 
 
@@ -200,9 +200,9 @@ class _Cell:
         self.pending: list[tuple[int, dict]] = []
         self.tags: dict[str, str] = {}
 
-    def flush(self, trainer) -> None:
-        """Send the pending steps, and the training path when it changed (one request)."""
-        tags = path_tags(trainer)
+    def flush(self, member) -> None:
+        """Send the pending steps, and the training path (of pack ``member``) when it changed (one request)."""
+        tags = path_tags(member)
         if layout.TAG_TRAIN_PATH_REASON in self.tags and layout.TAG_TRAIN_PATH_REASON not in tags:
             self.logger.c.delete_tag(self.run_id, layout.TAG_TRAIN_PATH_REASON)
         self.logger.log_steps(self.pending, tags=tags if tags != self.tags else None)
@@ -216,10 +216,10 @@ def _close(c, member, m, ds, cfg: StudyConfig, site: Site, elapsed: float) -> li
     import ray
 
     trainer = member.trainer
-    m.flush(trainer)
+    m.flush(member)
     if member.diverged:
         _end_diverged(c, m.logger, m.run_id, trainer, member.diverged)
-        return [m.name, f"diverged at epoch {trainer.epoch + 1} ({elapsed:.0f} s){path_note(trainer)}"]
+        return [m.name, f"diverged at epoch {trainer.epoch + 1} ({elapsed:.0f} s){path_note(member)}"]
     trainer.restore_best()
     final = {f"best_val_{k}": v for k, v in trainer.evaluate("valid").items()}
     final |= {f"test_{k}": v for k, v in trainer.evaluate("test").items()}
@@ -234,7 +234,7 @@ def _close(c, member, m, ds, cfg: StudyConfig, site: Site, elapsed: float) -> li
     return [
         m.name,
         f"{trainer.epoch} epochs, best epoch {trainer.best_epoch}, "
-        f"test AUROC {final['test_auroc']:.3f} AUPR {final['test_aupr']:.3f} ({elapsed:.0f} s){path_note(trainer)}",
+        f"test AUROC {final['test_auroc']:.3f} AUPR {final['test_aupr']:.3f} ({elapsed:.0f} s){path_note(member)}",
     ]
 
 
@@ -345,11 +345,9 @@ def train_trial(config: dict, site: Site) -> None:
                 store.finish({"epoch": epoch, "cells": [layout.cell_name(**cell) for cell in cells]})
                 tune.report({"epoch": epoch, "events": events, "done": 1, "tracking_retries": c.retries})
                 return
-            for member, m in zip(pack.members, members):
+            for i, (member, m) in enumerate(zip(pack.members, members)):
                 if member.active and any(f.effect == "nan" and f.epoch == epoch + 1 and f.matches(m.cell) for f in cfg.faults):
-                    with torch.no_grad():
-                        for p in member.trainer.model.parameters():
-                            p.fill_(float("nan"))
+                    pack.fill_nan(i)
             results = pack.step()
             epoch += 1
             for m, r in zip(members, results):
@@ -363,7 +361,7 @@ def train_trial(config: dict, site: Site) -> None:
             if epoch % cfg.ray.report_every == 0 or checkpoint_now:
                 for member, m, cl in zip(pack.members, members, closed):
                     if not cl:  # a cell closed before a resume keeps the tags its own training set
-                        m.flush(member.trainer)
+                        m.flush(member)
                 events += close_ended()
                 if checkpoint_now:
                     store.save({**pack.state_dict(), "closed": closed}, epoch)
@@ -373,6 +371,7 @@ def train_trial(config: dict, site: Site) -> None:
                         "events": events,
                         "active": sum(mb.active for mb in pack.members),
                         "tracking_retries": c.retries,
+                        "note": pack.note or "",
                     }
                 )
             for member, m in zip(pack.members, members):

@@ -1,4 +1,8 @@
-"""Packs: every member trains as it would alone, stops and diverges on its own, resumes exactly."""
+"""Packs: the stacked route is each member's own training (step by step against the lone trainer, and
+member-separable), members stop and diverge on their own, a pack resumes exactly; the sequential route
+is the lone trainer bit for bit."""
+
+import copy
 
 import pytest
 import torch
@@ -15,6 +19,12 @@ def tiny():
     return TensorData(simulate_task1(num_seqs=600, seed=11))
 
 
+@pytest.fixture(scope="module")
+def seven():
+    """700 training rows: an epoch is 7 steps, so 20 steps cross two epoch boundaries."""
+    return TensorData(simulate_task1(num_seqs=1000, seed=12))
+
+
 CELLS = [("C24-Att", "exp", 0), ("C24-Att", "relu", 1), ("C24-Att", "exp", 2)]
 
 
@@ -27,8 +37,8 @@ def _solo(data, cell, epochs, **cfg):
     return _trainer(data, *cell, epochs=epochs, **cfg).fit()
 
 
-def _pack(data, cells, epochs, **cfg):
-    pack = PackTrainer()
+def _pack(data, cells, epochs, route="auto", **cfg):
+    pack = PackTrainer(route)
     for cell in cells:
         pack.add(_trainer(data, *cell, epochs=epochs, **cfg))
     return pack
@@ -43,16 +53,170 @@ def _history(pack):
     return hist
 
 
-def test_pack_of_one_is_the_one_model_trainer(tiny):
-    assert _history(_pack(tiny, CELLS[:1], 3)) == [_solo(tiny, CELLS[0], 3)]
+def _close(a: dict, b: dict, tol: float):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=tol), (k, a[k], b[k])
 
 
-def test_each_member_trains_exactly_as_alone(tiny):
-    """Own data order, own dropout stream: a pack of 3 gives each cell its solo metrics, bit for bit."""
-    hist = _history(_pack(tiny, CELLS, 3))
-    for cell, h in zip(CELLS, hist):
-        assert h == _solo(tiny, cell, 3)
-    assert hist[0] != hist[2]  # same activation, other seed: other numbers
+# ---------------------------------------------------------------------------------- the stacked route
+def _steps_beside_a_lone_trainer(data, cells, steps, batched=None):
+    """Train a pack of ``cells`` step by step; before each step a lone one-model trainer per member takes
+    the member's state (weights, BatchNorm statistics, Adam moments and step, dropout stream) and the
+    same batch. Yields, per step and member: the lone trainer after its step, the member's gradients,
+    first moments and state after the pack's step, its loss and the lone one's, and a lone model moved
+    by PyTorch's Adam along the member's own gradient from the same state."""
+    from hybridlens.study.train_step import TrainStep
+
+    dtype = data.splits["train"][0].dtype
+    pack = PackTrainer(batched=batched)
+    for cell in cells:
+        tr = _trainer(data, *cell, epochs=3)
+        tr.model.to(dtype)
+        pack.add(tr)
+    st = pack._stack_for(pack.members)
+    x, y = data.splits["train"]
+    perms = [torch.randperm(x.shape[0], generator=m.trainer.generator) for m in pack.members]
+    for step in range(steps):
+        start = (step * 100) % (x.shape[0] // 100 * 100)
+        idx = torch.stack([p[start : start + 100] for p in perms])
+        before = [(st.module.member(i), st.optimizer.member_state(i, m.trainer.model), st.generators[i].get_state())
+                  for i, m in enumerate(pack.members)]  # fmt: skip
+        st.module.train()
+        st.step.begin_epoch()
+        st.step(idx)
+        for i, (cell, (weights, adam, rng)) in enumerate(zip(cells, before)):
+
+            def lone_from_state():
+                lone = _trainer(data, *cell, epochs=3)
+                lone.model.to(dtype)
+                lone.model.load_state_dict(weights)
+                lone.optimizer.load_state_dict(copy.deepcopy(adam))
+                lone.model.train()
+                return lone
+
+            lone = lone_from_state()
+            torch.set_rng_state(rng)
+            one = TrainStep(lone.model, lone.loss_fn, lone.optimizer, x, y, 100)
+            one.begin_epoch()
+            one(idx[i])
+            grads = st.optimizer._member_slices(i, st.optimizer.grad)
+            adam_only = lone_from_state()
+            for name, p in adam_only.model.named_parameters():
+                p.grad = grads[name].clone()
+            adam_only.optimizer.step()
+            yield (
+                step,
+                i,
+                lone,
+                {
+                    "loss": (float(st.step.loss_sum[i]), float(one.loss_sum)),
+                    "grads": grads,
+                    "moments": st.optimizer._member_slices(i, st.optimizer.exp_avg),
+                    "after": st.module.member(i),
+                    "adam_only": adam_only,
+                },
+            )
+
+
+def _double(data: TensorData) -> TensorData:
+    out = copy.copy(data)
+    out.splits = {k: (x.double(), y.double()) for k, (x, y) in data.splits.items()}
+    return out
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-member"])
+@pytest.mark.parametrize("arch", ["C24-Att", "C4C6-LSTM-Trans1", "C4-Trans2"])
+def test_each_stacked_step_is_the_members_own_step_in_float64(seven, arch, batched):
+    """In float64, where rounding cannot decide a ReLU's or a max-pool's side, in both forms of the stack
+    (batched, the GPU's; per member, the CPU's): 20 steps across two epoch
+    boundaries, dropout on, members exp and relu; every step's loss, gradients and first moments, and the
+    weights and BatchNorm statistics after it, are the lone trainer's to 1e-9 of their scale (gradients:
+    1e-12 absolute at least, the rounding noise of the parameters whose gradient is 0 in exact arithmetic:
+    the attention key biases, a softmax being blind to a per-query shift, and the last LayerNorm's bias,
+    whose shift the dense head's BatchNorm removes; a gradient of that size is all noise, which Adam,
+    dividing a gradient by its own size, turns into steps either way, so their values are not compared)."""
+    cells = [(arch, "exp", 0), (arch, "relu", 1)]
+    for step, i, lone, got in _steps_beside_a_lone_trainer(_double(seven), cells, 20, batched):
+        assert got["loss"][0] == pytest.approx(got["loss"][1], rel=1e-12)
+        noise = set()
+        for name, p in lone.model.named_parameters():
+            scale = float(p.grad.abs().max())
+            if scale < 1e-10:
+                noise.add(name)
+            tol = 1e-9 * scale + 1e-12
+            assert float((got["grads"][name] - p.grad).abs().max()) <= tol, f"step {step} member {i} {name} gradient"
+            assert float((got["moments"][name] - lone.optimizer.state[p]["exp_avg"]).abs().max()) <= tol, f"{name} moment"
+        assert all(n.endswith(("wk.bias", "norm2.bias")) for n in noise), noise
+        for name, t in lone.model.state_dict().items():
+            if name in noise:
+                continue
+            tol = 1e-9 * (float(t.double().abs().max()) + 1e-6)
+            assert float((got["after"][name].double() - t.double()).abs().max()) <= tol, f"step {step} member {i} {name}"
+
+
+@pytest.mark.parametrize("arch", ["C24-Att", "C4C6-LSTM-Trans1", "C4-Trans2"])
+def test_each_stacked_step_is_the_members_own_step_in_float32(seven, arch):
+    """float32, 20 steps across two epoch boundaries, dropout on, members exp and relu. Every step's loss
+    is the lone trainer's (1e-6); the whole gradient's relative L2 distance from the lone trainer's is
+    at most 1e-5 in the typical (median) step and 5e-2 in any: where a pre-activation sits within 1e-7
+    of a ReLU's or a max-pool's kink, the two float32 computations may take different sides, and one
+    sequence's share of the batch's gradient moves (seen in C4-Trans2: one step of 20, 6e-3 to 1.4e-2
+    depending on the stack's member order). BatchNorm statistics after every
+    step match to 1e-5 of their scale, and PyTorch's Adam, given the member's own gradient from the same
+    state, moves the weights where the pack moved them (1e-6 of their scale). (Weights are not compared
+    across the two gradients: Adam divides a gradient by its own size, so where a gradient is rounding
+    noise, as the attention key biases' is, it steps +-lr either way.)"""
+    cells = [(arch, "exp", 0), (arch, "relu", 1)]
+    distances = []
+    for step, i, lone, got in _steps_beside_a_lone_trainer(seven, cells, 20):
+        assert got["loss"][0] == pytest.approx(got["loss"][1], rel=1e-6)
+        diff = sum(float(((got["grads"][n] - p.grad) ** 2).sum()) for n, p in lone.model.named_parameters())
+        norm = sum(float((p.grad**2).sum()) for _, p in lone.model.named_parameters())
+        distances.append((diff / norm) ** 0.5)
+        for name, t in lone.model.named_buffers():
+            tol = 1e-5 * (float(t.float().abs().max()) + 1e-6)
+            assert float((got["after"][name].float() - t.float()).abs().max()) <= tol, f"step {step} member {i} {name}"
+        for name, p in got["adam_only"].model.named_parameters():
+            tol = 1e-6 * float(p.detach().abs().max()) + 1e-12
+            assert float((got["after"][name] - p.detach()).abs().max()) <= tol, f"step {step} member {i} {name} Adam"
+    assert sorted(distances)[len(distances) // 2] <= 1e-5 and max(distances) <= 5e-2, distances
+
+
+def _pack64(data, cells, epochs, route="auto", **cfg):
+    """:func:`_pack` in float64 (models and data)."""
+    pack = PackTrainer(route)
+    for cell in cells:
+        tr = _trainer(data, *cell, epochs=epochs, **cfg)
+        tr.model.double()
+        pack.add(tr)
+    return pack
+
+
+def test_a_member_is_what_it_is_in_a_pack_of_its_own(seven):
+    """Member-separable: 3 epochs (21 steps) of each member in a stacked pack of 3 equal, metric for
+    metric and weight for weight, that member alone in a stacked pack of one (float64, 1e-9: in float32
+    the packs' different kernel shapes round differently, and attention amplifies that over epochs)."""
+    data = _double(seven)
+    three = _pack64(data, CELLS, 3, route="stacked")
+    hist = _history(three)
+    for i, cell in enumerate(CELLS):
+        one = _pack64(data, [cell], 3, route="stacked")
+        for a, b in zip(hist[i], _history(one)[0]):
+            _close(a, b, 1e-9)
+        for name, t in one.members[0].trainer.model.state_dict().items():
+            torch.testing.assert_close(three.members[i].trainer.model.state_dict()[name], t, rtol=1e-9, atol=1e-9)
+
+
+def test_a_stacked_pack_tracks_the_lone_trainers(seven):
+    """Without attention (whose early gradients are rounding noise that Adam, dividing by their size,
+    turns into different steps), three epochs of a stacked C24 member stay within 1e-4 of the lone
+    trainer's metrics."""
+    cells = [("C24", "exp", 0), ("C24", "relu", 1)]
+    hist = _history(_pack(seven, cells, 3))
+    for cell, h in zip(cells, hist):
+        for a, b in zip(h, _solo(seven, cell, 3)):
+            _close(a, b, 1e-4)
 
 
 def test_same_config_same_metrics_twice(tiny):
@@ -72,35 +236,61 @@ def test_member_schedules_follow_their_own_metrics(tiny):
     for s in scripts:
         pack.add(scripted(s))
     hist = _history(pack)
+    assert pack.stacked
     for s, h in zip(scripts, hist):
         solo = scripted(s).fit()
         assert [(x["epoch"], x["lr"]) for x in h] == [(x["epoch"], x["lr"]) for x in solo]
     assert [len(h) for h in hist] == [11, 13, 30]  # two stop early, one improves to the end
 
 
-def test_a_diverging_member_is_set_aside_the_others_finish(tiny):
-    pack = PackTrainer()
-    pack.add(_trainer(tiny, "C24", "exp", 0, epochs=3))
-    pack.add(_trainer(tiny, "C24", "exp", 1, epochs=3, lr=1e4))
-    pack.add(_trainer(tiny, "C24", "relu", 2, epochs=3))
+def test_a_stopped_or_diverging_member_leaves_the_others_as_they_were(seven):
+    """Member 1's weights are NaN (it diverges in epoch 1) and member 3 stops early after epoch 2 (its
+    scripted validation metric falls, patience 1): both are set aside, the stopped one with its weights
+    as they were, and members 0 and 2 train as in a pack without them (float64, 1e-9)."""
+    data = _double(seven)
+    pack = _pack64(data, CELLS, 3)
+    with torch.no_grad():
+        for p in pack.members[1].trainer.model.parameters():
+            p.fill_(float("nan"))
+    seed_everything(3)
+    cfg = TrainConfig(seed=3, epochs=3, early_stopping_patience=1)
+    pack.add(ScriptedTrainer([0.6, 0.5, 0.4], build("C24-Att", "task1", "relu", seed=3).double(), data, cfg))
+    assert pack.stacked
     first = pack.step()
     assert isinstance(first[1], Diverged) and "training loss is nan at epoch 1" in str(first[1])
-    rest = [pack.step() for _ in range(2)]
-    assert all(r[1] is None for r in rest) and all(isinstance(r[0], dict) and isinstance(r[2], dict) for r in rest)
-    assert pack.done and pack.members[1].diverged and pack.members[0].trainer.epoch == 3
+    second = pack.step()
+    assert pack.members[3].trainer.stopped_early and not pack.members[3].active
+    stopped = {k: v.clone() for k, v in pack.members[3].trainer.model.state_dict().items()}
+    third = pack.step()
+    assert third[1] is None and third[3] is None and pack.done and pack.members[0].trainer.epoch == 3
+    assert all(torch.equal(v, stopped[k]) for k, v in pack.members[3].trainer.model.state_dict().items())
+    pair = _history(_pack64(data, [CELLS[0], CELLS[2]], 3))
+    for i, p in zip((0, 2), pair):
+        for a, b in zip([first[i], second[i], third[i]], p):
+            _close(a, b, 1e-9)
 
 
 def test_resume_a_pack_from_its_state(tiny):
-    full = _history(_pack(tiny, CELLS, 4))
-    a = _pack(tiny, CELLS, 4)
-    first = [a.step() for _ in range(2)]
-    state = a.state_dict()
+    """A checkpoint round trip after epoch 1 of 3 (through torch.save and back): the resumed pack's
+    epochs 2-3 are the uninterrupted pack's, bit for bit, and its members' states are a lone trainer's."""
+    import io
+
+    full = _history(_pack(tiny, CELLS, 3))
+    a = _pack(tiny, CELLS, 3)
+    first = [a.step()]
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
     torch.manual_seed(999)  # a new worker's global RNG
-    b = _pack(tiny, CELLS, 4)
+    b = _pack(tiny, CELLS, 3)
+    state = torch.load(buf, weights_only=True)
     b.load_state_dict(state)
     rest = _history(b)
     for i in range(len(CELLS)):
         assert [f[i] for f in first] + rest[i] == full[i]
+    lone = _trainer(tiny, *CELLS[0], epochs=3)
+    lone.load_state_dict(state["members"][0])  # a pack member's state is a one-model trainer's
+    assert lone.epoch == 1 and float(lone.optimizer.state_dict()["state"][0]["step"]) == 5  # 420 rows: 5 batches
 
 
 def test_a_pack_checkpoint_loads_its_random_states_onto_the_cpu(tiny, tmp_path):
@@ -123,15 +313,32 @@ def test_a_pack_checkpoint_loads_its_random_states_onto_the_cpu(tiny, tmp_path):
         assert [f[i] for f in first] + rest[i] == full[i]
 
 
+# ------------------------------------------------------------------------------ the sequential route
+def test_pack_of_one_is_the_one_model_trainer(tiny):
+    pack = _pack(tiny, CELLS[:1], 3)
+    assert not pack.stacked and _history(pack) == [_solo(tiny, CELLS[0], 3)]
+
+
+def test_the_sequential_route_trains_each_member_exactly_as_alone(tiny):
+    """Own data order, own dropout stream: a pack of 3 one after another gives each cell its solo
+    metrics, bit for bit (the route of models the stack cannot take)."""
+    pack = _pack(tiny, CELLS, 3, route="sequential")
+    hist = _history(pack)
+    for cell, h in zip(CELLS, hist):
+        assert h == _solo(tiny, cell, 3)
+    assert hist[0] != hist[2]  # same activation, other seed: other numbers
+
+
 @pytest.mark.slow
 def test_every_member_of_a_pack_learns():
-    """A pack of 3 on a small Task 1 dataset (the one-model learning test's: 10,000 sequences, 20 epochs,
-    exp): validation AUROC clearly above chance for each member."""
+    """A stacked pack of 3 on a small Task 1 dataset (the one-model learning test's: 10,000 sequences,
+    20 epochs, exp): validation AUROC clearly above chance for each member."""
     torch.set_num_threads(2)
     data = TensorData(simulate_task1(num_seqs=10000, seed=7))
     cells = [("C24", "exp", 0), ("C24", "exp", 1), ("C24", "exp", 2)]
     pack = _pack(data, cells, 20)
     _history(pack)
+    assert pack.stacked
     aurocs = [m.trainer.evaluate("valid")["auroc"] for m in pack.members]
     print("pack of 3, val AUROC after 20 epochs:", [f"{a:.3f}" for a in aurocs])
     assert min(aurocs) > 0.7
