@@ -77,16 +77,18 @@ def _timed(make, device: torch.device, epochs: int) -> dict:
 
 
 def one_model(arch: str, task: str, data: TensorData, epochs: int, *, graph: bool) -> dict:
-    """The one-model Trainer, eager (as a trial ran before this work) or with the graph step."""
+    """One-model Trainers, eager (as a trial ran before this work) or with the graph step: a relu and an
+    exp cell, one after another (a pack's members are half relu, half exp)."""
 
     def make():
-        tr = _trainer(arch, task, data, 0, graph=graph)
+        trainers = [_trainer(arch, task, data, seed, graph=graph) for seed in (0, 1)]
 
         def step() -> int:
-            tr.step()
-            return 1
+            for tr in trainers:
+                tr.step()
+            return len(trainers)
 
-        return step, [tr]
+        return step, trainers
 
     return _timed(make, data.device, epochs)
 
@@ -155,7 +157,8 @@ def models(args) -> None:
     rows = model_rows(archs, sizes, device=device, num_seqs=args.num_seqs, epochs=args.epochs)
     print(
         "trial-epochs/s (one epoch of one cell, training + validation); eager = the one-model trainer without"
-        " the CUDA-graph step (a trial before issue 12); (Nx) = ratio to it."
+        " the CUDA-graph step (a trial before issue 12); (Nx) = ratio to it, so a pack's ratio compares it with"
+        " as many one-model trainers run one after another; packs are stacked (one module for all members)."
     )
     for row in rows:
         paths = sorted({v["path"] for v in row.values() if isinstance(v, dict)})

@@ -891,3 +891,32 @@ def test_a_damaged_store_is_one_line_for_every_command(smoke, tmp_path, data_fil
             f"hybridlens: error: the MLflow store {db} is damaged (database disk image is malformed); restore it from a "
             "backup, or start a new workdir (--workdir)"
         ], (args, r.stderr)
+
+
+def test_a_study_in_packs_of_four_ends_as_in_packs_of_one(tmp_path, data_file):
+    """The same small study (C24 and C24-Att, relu and exp, 2 seeds, 3 epochs) with models_per_trial 4
+    (two stacked packs) and with 1: one FINISHED run per cell, every step once, and each cell's test
+    AUROC within 0.005 of its one-model run (the stacked route's float32 rounding, not a different
+    training)."""
+    aurocs = {}
+    for per in (4, 1):
+        cfg = write_config(
+            tmp_path,
+            data_file,
+            name=f"packs{per}",
+            grid={"architectures": ["C24", "C24-Att"], "seeds": [0, 1]},
+            resources={"models_per_trial": per},
+        )
+        lines = []
+        summary = run_study(cfg, workdir=tmp_path / "work", analyze=False, echo=lines.append)
+        assert summary.complete and summary.finished == 8, lines
+        c, _, runs = runs_of(tmp_path / "work", f"packs{per}")
+        assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
+        assert all(steps(c, r.info.run_id) == [1, 2, 3] for r in runs)
+        aurocs[per] = {r.data.tags["mlflow.runName"]: r.data.metrics["test_auroc"] for r in runs}
+        if per == 4:
+            assert sum(ln.startswith("  start   ") for ln in lines) == 2  # two trials of four cells
+    assert aurocs[4].keys() == aurocs[1].keys()
+    print("largest test AUROC difference, packs of 4 vs 1:", max(abs(aurocs[4][k] - v) for k, v in aurocs[1].items()))
+    for cell, auroc in aurocs[1].items():
+        assert abs(aurocs[4][cell] - auroc) <= 0.005, (cell, aurocs[4][cell], auroc)
