@@ -15,7 +15,8 @@ background, and per sequence AUROC, AUPR and SNR compare the two.
 
 Every method attributes the logit (:mod:`.attributions`); ``attr_n`` counts the (sequence, class) pairs
 scored and ``attr_saturated`` those whose logit is beyond ``±16``, where the probability's gradient (the
-paper's Task 2 saliency) is 0 in float32 and the sequence scores AUROC 0.5. **Floors**
+paper's Task 2 saliency) is at most 1.2e-7 of the logit's; above a logit of about 16.6 it is exactly 0 in
+float32 and the sequence scores AUROC 0.5. **Floors**
 (:func:`floor_scores`): the same methods on the same sequences for a randomly initialised model of the
 architecture (a model-parameter randomisation test), and a random map, so a reader sees how far each
 method is above chance.

@@ -2,8 +2,8 @@
 "Attribution methods"), and which of them an architecture supports.
 
 Every method attributes the **logit** of output ``target`` (the field's usual target: the probability's
-gradient is the logit's times ``s(1 - s)``, which is exactly 0 in float32 once the sigmoid saturates,
-``|logit| > 16``, and then scores every position alike). The paper's Task 2 saliency of the probability
+gradient is the logit's times ``s(1 - s)``: at most 1.2e-7 of it once ``|logit| > 16``, and exactly 0
+in float32 for a logit above about 16.6, where every position scores alike). The paper's Task 2 saliency of the probability
 stays in :mod:`~hybridlens.analysis.saliency` (``saliency_*`` metrics), for comparison with the
 published table.
 
@@ -14,8 +14,9 @@ published table.
 - ``smoothgrad`` / ``smoothgrad_corrected``: the logit's gradient averaged over ``samples`` copies of the
   input with Gaussian noise of standard deviation ``noise`` (the one-hot range is 1), times the input;
   the second with the gradient correction.
-- ``integrated_gradients``: captum's, from a baseline of uniform 0.25 or dinucleotide-shuffled copies
-  of each sequence (tangermeme's shuffle), averaged over ``shuffles`` of them (a single shuffle leaves
+- ``integrated_gradients`` / ``integrated_gradients_shuffle``: captum's, from a baseline of uniform 0.25,
+  or (the second) from dinucleotide-shuffled copies of each sequence (tangermeme's shuffle), averaged
+  over ``shuffles`` of them, 10 by default (a single shuffle leaves
   exact zeros wherever it keeps the observed base: about a quarter of the positions). No corrected
   variant: IG multiplies the averaged gradient by ``x - baseline``, whose 4 entries sum to 0 at every
   position for both baselines, so the summed per-position score a scorer reads cannot change when a
@@ -48,6 +49,7 @@ METHODS = (
     "smoothgrad",
     "smoothgrad_corrected",
     "integrated_gradients",
+    "integrated_gradients_shuffle",
     "deep_lift_shap",
     "ism",
 )
@@ -196,6 +198,11 @@ def integrated_gradients(
     return (total / len(bases)).numpy()
 
 
+def integrated_gradients_shuffle(model, x, target: int = 0, **kwargs) -> np.ndarray:
+    """:func:`integrated_gradients` from dinucleotide-shuffled baselines (the mean over ``shuffles``)."""
+    return integrated_gradients(model, x, target, baseline="shuffle", **kwargs)
+
+
 def deep_lift_shap(model, x, target: int = 0, *, n_shuffles: int = 20, seed: int = 0, batch_size: int = 64) -> np.ndarray:
     """tangermeme's DeepLIFT/SHAP of the logit against ``n_shuffles`` dinucleotide shuffles; ``(N, 4, L)``.
     Raises :class:`NotSupported` for architectures with a BiLSTM or attention."""
@@ -244,6 +251,7 @@ _FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
     "smoothgrad": smoothgrad,
     "smoothgrad_corrected": smoothgrad_corrected,
     "integrated_gradients": integrated_gradients,
+    "integrated_gradients_shuffle": integrated_gradients_shuffle,
     "deep_lift_shap": deep_lift_shap,
     "ism": ism,
 }

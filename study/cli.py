@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from hybridlens.analysis.attributions import DEFAULT_METHODS as DEFAULT_ATTRIBUTIONS
-from hybridlens.analysis.attributions import MAX_SEQUENCES
+from hybridlens.analysis.attributions import MAX_SEQUENCES, METHODS
 from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.tasks import TASKS
 from hybridlens.study.launches import DEFAULT_WORKDIR
@@ -224,8 +224,7 @@ def analyze_cmd(
     attributions: str = typer.Option(
         ",".join(DEFAULT_ATTRIBUTIONS),
         "--attributions",
-        help="Attribution methods to score, comma-separated: saliency, saliency_corrected, smoothgrad, "
-        "smoothgrad_corrected, integrated_gradients, deep_lift_shap, ism; or none.",
+        help=f"Attribution methods to score, comma-separated: {', '.join(METHODS)}; or none.",
     ),
     max_sequences: int = typer.Option(
         MAX_SEQUENCES, "--max-sequences", min=1, help="Test sequences attributed per run and method (per class on Task 1)."

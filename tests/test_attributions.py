@@ -138,6 +138,8 @@ def test_integrated_gradients_with_shuffled_baselines_averages_them():
     one = attribute("integrated_gradients", model, x, baseline="shuffle", shuffles=1, steps=8).sum(axis=1)
     ten = attribute("integrated_gradients", model, x, baseline="shuffle", shuffles=10, steps=8).sum(axis=1)
     assert (one == 0).mean() > 0.15 and (ten == 0).mean() < 0.02
+    named = attribute("integrated_gradients_shuffle", model, x, steps=8).sum(axis=1)  # what a study names
+    np.testing.assert_array_equal(named, ten)
 
 
 def test_ism_of_a_linear_model_is_its_centred_weights():
