@@ -204,7 +204,7 @@ def attention_scores(
 ) -> tuple[dict[str, float], AttentionExample | None]:
     """``attn_auroc`` (mean over layers), ``attn_auroc_l<i>`` per layer and ``attn_motif_mass_ratio``
     (module docstring), and an example map for the figure: the first scored sequence with two or more
-    motif windows. Empty and None for a model without attention."""
+    motif windows and at least one without. Empty and None for a model without attention."""
     if not any(True for _ in _attention_modules(model)):
         return {}, None
     rows = attention_rows(test, task, max_sequences)

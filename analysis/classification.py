@@ -80,6 +80,23 @@ def classification_metrics_torch(y_true, y_score):
 #: distinct score a threshold, as scikit-learn) or ``keras`` (``tf.keras.metrics.AUC`` as the released
 #: code compiled it: 200 thresholds, trapezoidal ROC, Davis & Goadrich's interpolated PR).
 AUC_METHODS = ("exact", "keras")
+#: What each method's numbers are, for a table's caption.
+AUC_DESCRIPTIONS = {
+    "exact": "exact (every distinct score a threshold)",
+    "keras": "Keras' tf.keras.metrics.AUC (200 thresholds, PR interpolated), as the released code (train.auc: keras)",
+}
+
+
+def auc_note(methods) -> str:
+    """One sentence for a caption: how the runs' AUROC/AUPR (monitored, ranking and test) were computed."""
+    names = sorted(set(methods)) or ["exact"]
+    return (
+        "AUROC/AUPR (monitor, ranking, test): "
+        + "; ".join(AUC_DESCRIPTIONS[m] for m in names)
+        + (" (the runs differ)." if len(names) > 1 else ".")
+    )
+
+
 #: ``tf.keras.metrics.AUC``'s default number of thresholds.
 KERAS_THRESHOLDS = 200
 

@@ -85,8 +85,9 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
             ax.set_ylabel(f"Exp {METRIC_LABELS.get(m, m)}", fontsize=8)
             ax.tick_params(labelsize=7)
             if c == 0:
-                shown = [a for a in dict.fromkeys(sub["architecture"])]
-                ax.set_title(f"{base} baseline: {', '.join(shown)}", fontsize=8, loc="left")
+                shown = [a for a, g in sub.groupby("architecture", sort=False) if {"exp", "relu"} <= set(g["activation"])]
+                named = ", ".join(shown) or "no architecture with both exp and relu"
+                ax.set_title(f"{base} baseline: {named}", fontsize=8, loc="left")
     if legend:
         fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _finish(fig, stem, title, 10)

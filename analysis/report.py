@@ -20,6 +20,7 @@ import pandas as pd
 from hybridlens.analysis import runs as mlruns
 from hybridlens.analysis.atomic import atomic_dir
 from hybridlens.analysis.attributions import DEFAULT_METHODS, MAX_SEQUENCES, parse_methods
+from hybridlens.analysis.classification import auc_note
 from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.mlflow_layout import TAG_ATTR_NOT_SUPPORTED, TAG_ATTR_UNAVAILABLE
 from hybridlens.analysis.motifs import ANALYSIS_RELEASE
@@ -202,7 +203,7 @@ class RunResult:
     attention: object | None = None  # attribution_scores.AttentionExample
 
 
-def analyze_run(run, shared: _Shared, tmp: Path, rank_key: str = "") -> RunResult:
+def analyze_run(run, shared: _Shared, tmp: Path) -> RunResult:
     """One run: its interpretability metrics and files (:class:`RunResult`). Raises :class:`RunError`
     when the run cannot be analysed."""
     from hybridlens.analysis.attribution_scores import SATURATED_LOGIT, attention_scores
@@ -403,7 +404,8 @@ def _attribution_figures(table: pd.DataFrame | None, shared: _Shared, out: Path,
             table, out / "attribution_auroc", title=f"{study}: attribution AUROC against the ground truth"
         )
     if shared.attention_examples:
-        _, label, ex = max(shared.attention_examples, key=lambda e: e[0])
+        # the best by the ranking metric (a run without it ranks last; a tie keeps the first analysed)
+        _, label, ex = max(shared.attention_examples, key=lambda e: e[0] if np.isfinite(e[0]) else -np.inf)
         files += attention_example(
             ex.weights,
             ex.windows,
@@ -583,7 +585,7 @@ def _analyze_locked(
             f"Study {study}, {spec.name}: {sel.best_of()} finished runs per configuration (top_k {sel.top_k}) ranked on {sel.rank_key}; "
             f"ground truth: {ground_truth}" + ("" if spec.interpretation == "filters" else " (filter labels only)") + "; "
             "_mean, _std (population, ddof 0, as the paper) and _se (standard error, ddof 1) over those runs, _all_mean over "
-            "every finished run."
+            "every finished run. " + auc_note(run.data.params.get("auc", "exact") for run in sel.usable)
         )
         if skipped:
             caption += f" Skipped {len(skipped)} run(s): " + "; ".join(f"{label} ({why})" for label, why in skipped) + "."
@@ -597,6 +599,7 @@ def _analyze_locked(
             "release": release,
             "attributions": list(shared.attributions),
             "max_sequences": max_sequences,
+            "auc": sorted({run.data.params.get("auc", "exact") for run in sel.usable}),
             "runs_analysed": len(rows),
             "skipped": skipped,
             "attributions_unavailable": sorted(set(shared.unavailable.values())),

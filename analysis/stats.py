@@ -10,7 +10,9 @@ def aggregate(per_run: pd.DataFrame, metrics: list[str], *, all_runs: pd.DataFra
     """Per (architecture, activation), over the rows of ``per_run`` (the selected runs): the mean, the
     standard deviation (population, ddof = 0, as the reference code: ``_std``) and the standard error of
     the mean (sample std / sqrt(n): ``_se``) of each of ``metrics``, and ``runs`` (n). With ``all_runs``,
-    also each metric's mean over all of its rows (``_all_mean``: every finished run, not only the best k)."""
+    also each metric's mean over all of its rows (``_all_mean``: every finished run, not only the best k).
+    ``runs`` counts the rows; a metric missing (NaN) in some of them also gets ``_n``, the count its
+    statistics are over."""
     g = per_run.groupby(["architecture", "activation"], sort=False)[metrics]
     n = g.count()
     stats = {"mean": g.mean(), "std": g.std(ddof=0), "se": g.std(ddof=1) / np.sqrt(n)}
@@ -18,8 +20,11 @@ def aggregate(per_run: pd.DataFrame, metrics: list[str], *, all_runs: pd.DataFra
         stats["all_mean"] = all_runs.groupby(["architecture", "activation"], sort=False)[metrics].mean()
     out = pd.concat(stats, axis=1)
     out.columns = [f"{m}_{stat}" for stat, m in out.columns]
-    out["runs"] = n.iloc[:, 0] if len(metrics) else 0
-    cols = [f"{m}_{stat}" for m in metrics for stat in stats] + ["runs"]
+    out["runs"] = g.size()
+    partial = [m for m in metrics if (n[m] != out["runs"]).any()]
+    for m in partial:
+        out[f"{m}_n"] = n[m]
+    cols = [f"{m}_{stat}" for m in metrics for stat in [*stats, *(["n"] if m in partial else [])]] + ["runs"]
     return out.loc[g.mean().index, cols].reset_index()
 
 

@@ -97,3 +97,10 @@ def test_keras_auc_by_hand():
     assert keras_auc_torch(torch.tensor([[1.0], [0.0]]), logit).tolist() == pytest.approx([1.0, 1.0])
     auroc, aupr = keras_auc_torch(torch.tensor([[0.0], [1.0]]), logit).tolist()
     assert auroc == pytest.approx(0.0) and aupr == pytest.approx(1 - math.log(2))
+
+
+def test_the_auc_note_names_each_method_the_runs_used():
+    from hybridlens.analysis.classification import auc_note
+
+    assert "exact" in auc_note(["exact", "exact"]) and "Keras" not in auc_note(["exact"])
+    assert "200 thresholds" in auc_note(["keras"]) and "the runs differ" in auc_note(["keras", "exact"])

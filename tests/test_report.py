@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,9 @@ def test_study_runs_the_analysis_and_logs_it(task1):
     paired = pd.read_csv(out / "paired_exp_vs_relu.csv")
     assert {"wilcoxon_p", "wilcoxon_p_holm"} <= set(paired.columns)
     assert len(summ) == 4 and (summ["runs"] == 1).all()
+    # the caption and analysis.json say how AUROC/AUPR were computed (train.auc, logged on every run)
+    assert "AUROC/AUPR (monitor, ranking, test): exact" in (out / "summary.md").read_text().splitlines()[0]
+    assert json.loads((out / "analysis.json").read_text())["auc"] == ["exact"]
     assert ((summ["tpr_mean"] >= 0) & (summ["tpr_mean"] <= 1)).all()
     c = client(summary.launch.tracking_uri)
     parent = summary.launch.parent_run_id

@@ -105,3 +105,12 @@ def test_paired_p_values_are_holm_adjusted_across_architectures():
     assert raw["C24"] == pytest.approx(4 / 32) and raw["C4C6"] == pytest.approx(2 / 16)
     # two tests, equal p = 0.125: both become 2 * 0.125
     assert p["wilcoxon_p_holm"].tolist() == pytest.approx([0.25, 0.25])
+
+
+def test_a_metric_missing_in_some_runs_says_its_own_n():
+    """``runs`` counts the rows; a metric that is NaN in one of them gets ``_n`` (its SE is over 2)."""
+    f = _frame().assign(auroc=[0.9, np.nan, 0.7, 0.8, 0.8, 0.6])
+    s = aggregate(f, ["tpr", "auroc"]).set_index("activation")
+    assert list(s["runs"]) == [3, 3] and list(s["auroc_n"]) == [2, 3] and "tpr_n" not in s
+    assert s.loc["exp", "auroc_se"] == pytest.approx(np.std([0.9, 0.7], ddof=1) / np.sqrt(2))
+    assert s.columns.get_loc("auroc_n") == s.columns.get_loc("auroc_se") + 1
