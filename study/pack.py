@@ -47,7 +47,7 @@ from hybridlens.study.train_step import CapturedStep
 EVAL_ROWS = 4000
 
 
-@dataclass
+@dataclass(eq=False)  # a member is itself: lists of members compare and search by identity
 class Member:
     trainer: Trainer
     rng: torch.Tensor  # the member's CPU dropout stream, between epochs
@@ -275,6 +275,9 @@ class PackTrainer:
                 out[id(m)] = Diverged(m.diverged)
                 continue
             out[id(m)] = tr.record_epoch(train, tr.metrics_from("valid", valid[i]), lrs[i])
+        # the plateau may have moved a trainer's rate: the stack's optimizer holds it from now on, so a
+        # checkpoint (or a member leaving the stack) records the rate the next epoch trains at
+        st.optimizer.set_lrs([m.trainer.lr for m in active])
         return out
 
     @torch.no_grad()

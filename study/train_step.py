@@ -134,17 +134,18 @@ def _release(graph: torch.cuda.CUDAGraph, pool, index: int) -> None:
         pass
 
 
-def _reset_graph_rng(device: torch.device) -> None:
-    """After an invalidated capture, give the device's default generator a fresh copy of its state: in
-    torch 2.11 and 2.12 a state that began a capture stays marked as capturing until the capture's
-    epilogue, which a failed capture never reaches, and every eager dropout after it then fails
-    ("Offset increment outside graph capture"); the clone keeps the seed and offset."""
+def _reset_graph_rng(device: torch.device, generators=()) -> None:
+    """After an invalidated capture, give the device's default generator, and every other generator
+    the capture registered (``generators``), a fresh copy of its state: in torch 2.11 and 2.12 a state
+    that began a capture stays marked as capturing until the capture's epilogue, which a failed capture
+    never reaches, and every eager dropout after it then fails ("Offset increment outside graph
+    capture"); the clone keeps the seed and offset."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    gen = torch.cuda.default_generators[index]
-    try:
-        gen.graphsafe_set_state(gen.clone_state())
-    except (AttributeError, RuntimeError):  # a torch without graph-safe generator states: nothing to reset
-        pass
+    for gen in (torch.cuda.default_generators[index], *generators):
+        try:
+            gen.graphsafe_set_state(gen.clone_state())
+        except (AttributeError, RuntimeError):  # a torch without graph-safe generator states: nothing to reset
+            pass
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -288,7 +289,7 @@ class CapturedStep:
         except Exception as e:  # noqa: BLE001 - any capture failure means: train eagerly
             reason = describe(e)
             _disable_graphs(reason)
-            _reset_graph_rng(device)
+            _reset_graph_rng(device, self.generators)
             self._restore(snapshot)
             self._set_rng(rng)
             self.fall_back(reason)

@@ -330,6 +330,39 @@ def test_a_pack_member_on_the_gpu_equals_it_in_a_pack_of_its_own():
     _isolated("_case_member_of_a_pack_equals_it_alone")
 
 
+def _case_stacked_graph_equals_eager():
+    """Dropout inside the captured pack step: the same stacked pack of 3 (float64, dropout on, each
+    member its own stream) with and without CUDA graphs, 4 epochs, one member ending after 2 (the stack
+    is rebuilt, its generators carried over): every epoch agrees to 1e-9. Both draw from the same
+    member generators, so a graph that did not advance them per replay, or restored them wrongly after
+    its warm-up, would differ."""
+    from hybridlens.study.pack import PackTrainer
+    from tests.test_pack import _double
+
+    data = _double(_cuda_data())
+    cells = CELLS + [("C24-Att", "exp", 2)]
+
+    def pack(graph):
+        p = PackTrainer("stacked")
+        for (name, act, seed), epochs in zip(cells, (2, 4, 4)):
+            tr = _trainer(name, data, seed=seed, act=act, epochs=epochs, cuda_graph=graph)
+            tr.model.double()
+            p.add(tr)
+        return p
+
+    graph, eager = pack(True), pack(False)
+    a, b = _run(graph, 4), _run(eager, 4)
+    assert [len(h) for h in a] == [2, 4, 4]
+    assert all(m.train_path == ("cuda-graph", None) for m in graph.members)
+    assert all(m.train_path[0] == "cuda-eager" for m in eager.members)
+    for i in range(len(cells)):
+        _assert_close_histories(a[i], b[i], atol=1e-9)
+
+
+def test_the_captured_pack_step_draws_the_eager_steps_dropout():
+    _isolated("_case_stacked_graph_equals_eager")
+
+
 def _case_pack_learns():
     from hybridlens.study.pack import PackTrainer
 

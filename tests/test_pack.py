@@ -90,7 +90,7 @@ def _steps_beside_a_lone_trainer(data, cells, steps, batched=None, dropout=True)
     perms = [torch.randperm(x.shape[0], generator=m.trainer.generator) for m in pack.members]
     for step in range(steps):
         start = (step * 100) % (x.shape[0] // 100 * 100)
-        idx = torch.stack([p[start : start + 100] for p in perms])
+        idx = torch.stack([p[start : start + 100] for p in perms]).to(x.device)
         before = [(st.module.member(i), st.optimizer.member_state(i, m.trainer.model), st.generators[i].get_state())
                   for i, m in enumerate(pack.members)]  # fmt: skip
         st.module.train()
@@ -310,6 +310,30 @@ def test_resume_a_pack_from_its_state(tiny):
     lone = _trainer(tiny, *CELLS[0], epochs=3)
     lone.load_state_dict(state["members"][0])  # a pack member's state is a one-model trainer's
     assert lone.epoch == 1 and float(lone.optimizer.state_dict()["state"][0]["step"]) == 5  # 420 rows: 5 batches
+
+
+def test_resume_right_after_a_rate_drop_keeps_the_new_rate(tiny):
+    """A plateau that drops every member's rate at epoch 2 (no epoch after the first counts as an
+    improvement): the checkpoint written then holds the new rate, and the resumed epochs 3-4 are the
+    uninterrupted pack's (the stack's optimizer held the epoch's starting rate, and a resume trained
+    the next epoch 5x too fast)."""
+    import io
+
+    cfg = dict(plateau_patience=1, plateau_min_delta=10.0, early_stopping_patience=None)
+    full = _history(_pack(tiny, CELLS, 4, **cfg))
+    assert [r["lr"] for r in full[0]] == pytest.approx([1e-3, 1e-3, 2e-4, 4e-5])  # the rate each epoch ran at
+    a = _pack(tiny, CELLS, 4, **cfg)
+    first = [a.step(), a.step()]
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert [s["optimizer"]["param_groups"][0]["lr"] for s in state["members"]] == pytest.approx([2e-4] * 3)
+    b = _pack(tiny, CELLS, 4, **cfg)
+    b.load_state_dict(state)
+    rest = _history(b)
+    for i in range(len(CELLS)):
+        assert [f[i] for f in first] + rest[i] == full[i]
 
 
 def test_a_pack_checkpoint_loads_its_random_states_onto_the_cpu(tiny, tmp_path):
