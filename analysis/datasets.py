@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hybridlens.analysis.atomic import atomic_path
+from hybridlens.analysis.atomic import atomic_path, check_can_create
 from hybridlens.analysis.errors import UserError
 
 SPLITS = ("train", "valid", "test")
@@ -106,19 +106,6 @@ def check_output_path(path: str | os.PathLike, *, force: bool = False) -> Path:
         raise UserError(f"{path} already exists; pass --force to overwrite it")
     check_can_create(path.parent, f"cannot write {path}")
     return path
-
-
-def check_can_create(folder: Path, what: str) -> None:
-    """Fail with one line when no file can be created in ``folder`` (tried for real: permission bits
-    say nothing to root, and /proc or /sys refuse files whatever they say)."""
-    import tempfile
-
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".hybridlens-probe-", dir=folder)
-    except OSError as e:
-        raise UserError(f"{what}: {folder} does not take new files ({e.strerror or e})") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def write_dataset(path: str | os.PathLike, dataset: Dataset, *, force: bool = False) -> Path:

@@ -15,6 +15,15 @@ from typing import Callable
 from hybridlens.analysis.errors import UserError
 
 
+def user_lock_dir() -> Path:
+    """A folder of this user's own for locks that belong to no workdir (a UI's port, an analysis of a
+    remote store): ``TMPDIR/hybridlens-UID``; in a shared ``/tmp`` another user's lock file could not be
+    opened."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"hybridlens-{os.getuid()}"
+
+
 class FileLock:
     """An exclusive ``flock`` on ``path``, holding the holder's pid. ``what`` names the guarded thing in
     messages (``"study 'x'"``): a second process is told ``"{what} is being run by process N"``."""
@@ -40,8 +49,11 @@ class FileLock:
         """Take the lock. Busy: raise a one-line :class:`UserError`, or with ``wait``, call it once with a
         line saying who holds it and block until it is free. ``inheritable`` keeps the lock across
         ``exec`` (the exec'd program then holds it for its life)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot take the lock of {self.what} at {self.path} ({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -34,6 +34,9 @@ TAG_ATTR_UNAVAILABLE = "hybridlens.attr_unavailable"
 #: shows "custom_model_development" as "Model training" and opens such an experiment on its runs.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+#: Experiment tag ("true"): its artifact root is the ``mlartifacts`` folder beside its store, in the
+#: same workdir, so a moved or copied workdir takes its artifacts along (:func:`analysis.runs.relocate_store`).
+TAG_ARTIFACTS_BESIDE_STORE = "hybridlens.artifacts_beside_store"
 #: MLflow keeps at most 36 characters of a dataset digest; the full hash is the TAG_DATASET_HASH tag.
 DATASET_DIGEST_CHARS = 36
 

@@ -84,7 +84,8 @@ def load_model(uri: str, run, device: str = "cpu"):
 class _Data:
     """Test splits loaded once per dataset file, checked against the runs' dataset hash. A run records
     its dataset relative to the workdir when it lies inside it, and is read from ``workdir`` (the one
-    the analysis was given: a moved or copied workdir reads its own data); an absolute path that no
+    the analysis was given: a moved or copied workdir reads its own data), else from the workdir the
+    run was launched in (an analysis of a server's store, ``--tracking-uri``); an absolute path that no
     longer exists (a workdir moved before datasets were recorded relatively) is looked for in
     ``workdir/data`` by its file name."""
 
@@ -92,10 +93,11 @@ class _Data:
         self.cache: dict[str, object] = {}
         self.workdir = workdir
 
-    def path(self, recorded: str) -> Path:
+    def path(self, recorded: str, launched_in: str | None = None) -> Path:
         p = Path(recorded)
-        if not p.is_absolute():
-            return (self.workdir or Path.cwd()) / p
+        if not p.is_absolute():  # in the analysis' workdir, else in the one the run was launched in
+            places = [w for w in (self.workdir, launched_in and Path(launched_in)) if w] or [Path.cwd()]
+            return next((w / p for w in places if (w / p).is_file()), places[0] / p)
         if not p.is_file() and self.workdir is not None and (self.workdir / "data" / p.name).is_file():
             return self.workdir / "data" / p.name
         return p
@@ -107,7 +109,7 @@ class _Data:
             cfg = mlruns.trial_config(uri, run.info.run_id)
         except Exception as e:
             raise RunError(f"no readable config/trial.json: {type(e).__name__}") from None
-        path = str(self.path(cfg["data_path"]))
+        path = str(self.path(cfg["data_path"], cfg.get("workdir")))
         if path not in self.cache:
             if not Path(path).is_file():
                 raise RunError(f"dataset {path} is missing; regenerate it with the same seed (hash {cfg['dataset_hash'][:12]})")
@@ -291,35 +293,53 @@ def compute_floors(sel: Selection, shared: _Shared) -> None:
 
 #: The file an analysis leaves in its output folder: the next analysis replaces only a folder holding it.
 ANALYSIS_MARKER = ".hybridlens-analysis"
-_ANALYSIS_SUFFIXES = {".csv", ".md", ".png", ".pdf", ".json"}
+#: What an analysis writes (tables, figures, analysis.json), by which a folder from before the marker is known.
+_TABLES = ("per_run", "summary", "paired_exp_vs_relu", "attributions", "attention")
+_FIGURES = tuple(spec.figure for spec in TASKS.values()) + ("attribution_auroc", "attention_example")
+
+
+def _written_by_analysis(name: str) -> bool:
+    stem, _, ext = name.rpartition(".")
+    if ext in ("csv", "md"):
+        return stem in _TABLES
+    if ext in ("png", "pdf"):
+        return stem in _FIGURES or stem.startswith("logos_")
+    return name == "analysis.json"
 
 
 def check_out_dir(path: str | Path) -> Path:
     """The analysis output folder, resolved, if the analysis may write it: new, or a folder an analysis
-    wrote (its marker, or, from before the marker, an ``analysis.json`` of ours among tables and
-    figures only). A file, the current folder or a folder of anything else is refused in one line."""
+    wrote (its marker, or, from before the marker, an ``analysis.json`` of ours among files with the
+    names an analysis writes, and nothing else). A file, the current folder (or one holding it), a
+    folder that takes no files or a folder of anything else is refused in one line."""
     from hybridlens.analysis.atomic import check_replaceable
 
     p = Path(path).resolve()
+    legacy = False
     if p.is_dir() and not (p / ANALYSIS_MARKER).exists() and (p / "analysis.json").is_file():
         try:
             earlier = json.loads((p / "analysis.json").read_text())
         except (OSError, ValueError):
             earlier = {}
-        files = [f for f in p.iterdir()]
-        if {"study", "task", "parent_run_id"} <= set(earlier) and all(
-            f.is_file() and f.suffix in _ANALYSIS_SUFFIXES for f in files
-        ):
-            return p
-    return check_replaceable(p, ANALYSIS_MARKER, "analysis output folder")
+        legacy = {"study", "task", "parent_run_id"} <= set(earlier) and all(
+            f.is_file() and _written_by_analysis(f.name) for f in p.iterdir()
+        )
+    return check_replaceable(p, ANALYSIS_MARKER, "analysis output folder", ours=legacy)
 
 
-def analysis_lock_path(workdir: Path | None, study: str, out_dir: Path | None) -> Path:
+def analysis_lock_path(workdir: Path | None, study: str, out_dir: Path | None, uri: str = "") -> Path:
     """Where the analyses of ``study`` take turns: ``WORKDIR/studies/STUDY.analysis.lock`` for a workdir's
-    store, else beside the output folder."""
+    store, else beside the output folder, else in this user's lock folder (one per store and study)."""
+    import hashlib
+
+    from hybridlens.analysis.locks import user_lock_dir
+
     if workdir is not None and (workdir / "studies").is_dir():
         return workdir / "studies" / f"{study}.analysis.lock"
-    return Path(out_dir or ".").resolve().parent / f".{study}.analysis.lock"
+    if out_dir is not None:
+        return Path(out_dir).resolve().parent / f".{study}.analysis.lock"
+    store = hashlib.sha256(uri.encode()).hexdigest()[:12]
+    return user_lock_dir() / f"analysis-{store}-{study}.lock"
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out: Path, caption: str) -> list[Path]:
@@ -474,7 +494,7 @@ def analyze_study(
         raise UserError(f"unknown ground-truth rule {ground_truth!r}; choose one of {', '.join(GROUND_TRUTH_RULES)}")
     out = check_out_dir(out_dir) if out_dir else None
     workdir = Path(workdir).resolve() if workdir else None
-    lock = FileLock(analysis_lock_path(workdir, study, out), f"the analysis of study {study!r}").acquire(wait=echo)
+    lock = FileLock(analysis_lock_path(workdir, study, out, uri), f"the analysis of study {study!r}").acquire(wait=echo)
     try:
         return _analyze_locked(
             uri, study, parent_run_id=parent_run_id, task=task, top_k=top_k, rank_on=rank_on, out_dir=out, release=release,
@@ -606,7 +626,7 @@ def _analyze_locked(
         }
         # all or nothing: tables, figures and analysis.json are written to a fresh folder that then
         # replaces the old one; the parent run gets them only after that
-        with atomic_dir(out, marker=ANALYSIS_MARKER) as staging:
+        with atomic_dir(out, marker=ANALYSIS_MARKER, check=check_out_dir) as staging:
             tables = {"per_run": per_run, "summary": summary, "paired_exp_vs_relu": paired}
             attr_table = attribution_table(per_run[per_run["selected"]], shared)
             if attr_table is not None:

@@ -19,7 +19,7 @@ from hybridlens.analysis.errors import UserError
 # MLflow draws a progress bar for every artifact download; the analysis prints its own progress.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from hybridlens.analysis.mlflow_layout import TAG_KIND, TAG_PARENT
+from hybridlens.analysis.mlflow_layout import TAG_ARTIFACTS_BESIDE_STORE, TAG_KIND, TAG_PARENT
 
 #: Characters that a URL parser reads as syntax (query, escape, fragment) when they appear in a path.
 _URL_SYNTAX = set("?%#")
@@ -89,9 +89,15 @@ def store_problem(e: BaseException, uri: str) -> UserError | None:
     return None
 
 
+#: Stores up to this size get SQLite's full quick_check before every command (about a second per
+#: 100 MB); a larger one only a read of its schema and tables' first pages.
+QUICK_CHECK_MAX_BYTES = 256 * 2**20
+
+
 def check_store(uri: str) -> None:
     """Fail with one line when a SQLite store exists but is damaged (truncated, overwritten): SQLite's
-    own check, read-only, before MLflow opens it (which would end in an SQLAlchemy traceback)."""
+    own check, read-only, before MLflow opens it (which would end in an SQLAlchemy traceback); above
+    :data:`QUICK_CHECK_MAX_BYTES`, only its header, schema and the runs table's first rows."""
     import sqlite3
 
     if not uri.startswith("sqlite:"):
@@ -102,7 +108,12 @@ def check_store(uri: str) -> None:
     try:
         con = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
         try:
-            result = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if db.stat().st_size <= QUICK_CHECK_MAX_BYTES:
+                result = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+            else:
+                con.execute("select count(*) from sqlite_master").fetchone()
+                con.execute("select run_uuid from runs limit 100").fetchall()
+                result = "ok"
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
@@ -113,18 +124,38 @@ def check_store(uri: str) -> None:
         )
 
 
-def _workdir_roots(con, workdir: Path) -> tuple[str, set[str]]:
-    new = (Path(workdir).resolve() / "mlartifacts").as_uri()
-    olds = {
-        loc
-        for (loc,) in con.execute("select artifact_location from experiments")
-        if loc and loc.startswith("file://") and loc.rstrip("/").endswith("/mlartifacts") and loc != new
+def _uri_path(uri: str) -> Path:
+    return Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+
+
+def _workdir_roots(con, workdir: Path) -> tuple[str, dict[str, str]]:
+    """This workdir's artifact root, and ``{experiment id: old root}`` for the experiments whose root is
+    another folder's ``mlartifacts`` and belongs with this store: tagged so
+    (:data:`TAG_ARTIFACTS_BESIDE_STORE`), or, for experiments from before the tag, their old root gone
+    (moved) or one of their runs' folders here (copied). An experiment that a study in another workdir
+    keeps in this store (``--tracking-uri``) has neither, and keeps its root."""
+    root = Path(workdir).resolve() / "mlartifacts"
+    new = root.as_uri()
+    tagged = {
+        str(eid)
+        for (eid,) in con.execute(
+            "select experiment_id from experiment_tags where key = ? and value = 'true'", (TAG_ARTIFACTS_BESIDE_STORE,)
+        )
     }
+    olds = {}
+    for eid, loc in con.execute("select experiment_id, artifact_location from experiments"):
+        if not (loc and loc.startswith("file://") and loc.rstrip("/").endswith("/mlartifacts") and loc != new):
+            continue
+        eid = str(eid)
+        runs = con.execute("select run_uuid from runs where experiment_id = ?", (eid,)).fetchall()
+        if eid in tagged or not _uri_path(loc).exists() or any((root / run).exists() for (run,) in runs):
+            olds[eid] = loc
     return new, olds
 
 
 def stale_artifact_roots(workdir: Path) -> list[str]:
-    """The artifact locations of ``workdir``'s store that name another workdir's ``mlartifacts`` (read-only)."""
+    """The artifact locations of ``workdir``'s store that name another workdir's ``mlartifacts`` and
+    belong here (read-only; :func:`_workdir_roots`)."""
     import sqlite3
 
     db = Path(workdir) / "mlflow.db"
@@ -132,7 +163,7 @@ def stale_artifact_roots(workdir: Path) -> list[str]:
         return []
     con = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True)
     try:
-        return sorted(_workdir_roots(con, workdir)[1])
+        return sorted(set(_workdir_roots(con, workdir)[1].values()))
     finally:
         con.close()
 
@@ -142,8 +173,9 @@ def relocate_store(workdir: Path) -> list[str]:
 
     MLflow records every experiment's artifact location, and every run's, as an absolute ``file://``
     URI: in a moved workdir they name the old place (gone), in a copy the original's artifacts (which
-    the copy would then read and write). Locations of the form ``<old workdir>/mlartifacts`` are
-    rewritten to this workdir's ``mlartifacts``, runs' included; returns the old locations rewritten.
+    the copy would then read and write). Locations of the form ``<old workdir>/mlartifacts`` of the
+    experiments that belong with this store (:func:`_workdir_roots`) are rewritten to this workdir's
+    ``mlartifacts``, their runs' included; returns the old locations rewritten.
     """
     import sqlite3
 
@@ -151,15 +183,16 @@ def relocate_store(workdir: Path) -> list[str]:
     try:
         with con:
             new, olds = _workdir_roots(con, workdir)
-            for old in olds:
-                con.execute("update experiments set artifact_location = ? where artifact_location = ?", (new, old))
+            for eid, old in olds.items():
+                con.execute("update experiments set artifact_location = ? where experiment_id = ?", (new, eid))
                 con.execute(
-                    "update runs set artifact_uri = ? || substr(artifact_uri, ?) where substr(artifact_uri, 1, ?) = ?",
-                    (new, len(old) + 1, len(old) + 1, old + "/"),
+                    "update runs set artifact_uri = ? || substr(artifact_uri, ?) "
+                    "where experiment_id = ? and substr(artifact_uri, 1, ?) = ?",
+                    (new, len(old) + 1, eid, len(old) + 1, old + "/"),
                 )
     finally:
         con.close()
-    return sorted(olds)
+    return sorted(set(olds.values()))
 
 
 def check_writable(uri: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,16 @@ log = logging.getLogger(__name__)
 
 #: Complete checkpoint files kept per trial (the newest and the one before it).
 KEEP = 2
+_PACK_FILE = re.compile(r"pack-(\d+)\.pt")
+
+
+def _sync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename or unlink in it) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class CheckpointStore:
@@ -37,10 +48,16 @@ class CheckpointStore:
         self.folder = Path(folder)
 
     def files(self) -> list[Path]:
-        """Complete checkpoint files, newest first."""
+        """Complete checkpoint files, newest first (other files in the folder are not ours: ignored)."""
         if not self.folder.is_dir():
             return []
-        return sorted(self.folder.glob("pack-*.pt"), key=lambda p: int(p.stem.split("-")[1]), reverse=True)
+        numbered = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _PACK_FILE.fullmatch(p.name))]
+        return [p for _, p in sorted(numbered, reverse=True)]
+
+    def _drop_killed_writes(self) -> None:
+        """Temporary files of writes killed half-way (never complete: nothing reads them)."""
+        for tmp in self.folder.glob(".pack-*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def save(self, state: dict[str, Any], epoch: int) -> Path:
         """Write ``state`` (``torch.save``) as ``pack-<epoch>.pt``, atomically and durably; then drop all
@@ -54,8 +71,10 @@ class CheckpointStore:
                 torch.save(state, f)
                 f.flush()
                 os.fsync(f.fileno())
+        _sync_dir(self.folder)  # the rename on disk before the older file goes
         for old in self.files()[KEEP:]:
             old.unlink(missing_ok=True)
+        self._drop_killed_writes()
         return path
 
     def latest(self) -> tuple[dict[str, Any], Path] | None:
@@ -74,8 +93,10 @@ class CheckpointStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.folder / "done.json") as tmp:
             tmp.write_text(json.dumps(summary))
+        _sync_dir(self.folder)
         for path in self.files():
             path.unlink(missing_ok=True)
+        self._drop_killed_writes()
 
     def done(self) -> dict[str, Any] | None:
         """The ``done.json`` summary of a trial that ended, or None."""

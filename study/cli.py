@@ -270,6 +270,9 @@ def _free_port(host: str, port: int) -> int:
         raise UserError(f"--port {port} is not a port number (0 to 65535; 0 picks a free one)")
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            # as the server will (uvicorn, gunicorn): a port in TIME_WAIT after a stopped UI is free,
+            # one with a listener is not
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
             return sock.getsockname()[1]
     except OSError as e:
@@ -288,9 +291,8 @@ def ui_cmd(
 ) -> None:
     """Start the MLflow UI on the workdir's store and print the URL of each study's runs."""
     import os
-    import tempfile
 
-    from hybridlens.analysis.locks import FileLock
+    from hybridlens.analysis.locks import FileLock, user_lock_dir
     from hybridlens.analysis.mlflow_layout import runs_url
     from hybridlens.analysis.runs import sqlite_uri
     from hybridlens.study.launches import launched_studies, prepare_store
@@ -307,7 +309,7 @@ def ui_cmd(
         # a UI that is still starting has not bound its port yet: this lock, which the UI keeps across
         # exec for its whole life, tells a second one on the same port
         FileLock(
-            Path(tempfile.gettempdir()) / f"hybridlens-ui-{host}-{port}.lock",
+            user_lock_dir() / f"ui-{host}-{port}.lock",
             f"port {port} on {host}",
             busy="{what} is taken by another 'hybridlens ui' ({who}); pass another --port, or --port 0 for a free one",
         ).acquire(inheritable=True)

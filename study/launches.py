@@ -134,7 +134,7 @@ class LaunchSummary:
     def last_line(self, analysis_dir: Path | None = None) -> str:
         """The driver's last line: how the launch ended and what to do next (``analysis_dir``: where
         the analysis wrote its tables and figures, None when it did not run)."""
-        n, w = self.launch.name, self.launch.workdir
+        n, w = _shell_arg(self.launch.name), _shell_arg(self.launch.workdir)
         resume = f"'hybridlens resume {w} --study {n}'"
         counts = f"{self.finished} finished, {self.failed} failed, {self.diverged} diverged, {self.killed} killed"
         if self.interrupted or not self.complete:
@@ -186,6 +186,17 @@ def load_launch(workdir: str | Path, study: str | None = None) -> Launch:
     return Launch.from_record(json.loads(state_path(workdir, study).read_text()), workdir.resolve())
 
 
+def _shell_arg(text: str) -> str:
+    """``text`` as one shell word inside a line that quotes whole commands in '...': as it is when the
+    shell leaves it alone, else in double quotes (a workdir with a space stays copy-pasteable)."""
+    import shlex
+
+    if shlex.quote(text) == text:
+        return text
+    escaped = "".join("\\" + ch if ch in '\\"$`' else ch for ch in text)
+    return f'"{escaped}"'
+
+
 def lock_path(workdir: Path, name: str) -> Path:
     return workdir / "studies" / f"{name}.lock"
 
@@ -225,13 +236,31 @@ def store_init_lock(workdir: Path, timeout: float = 300.0):
         os.close(fd)  # closing releases the lock
 
 
-def prepare_store(workdir: Path, uri: str) -> None:
+def prepare_store(workdir: Path, uri: str, echo: Echo | None = None) -> None:
     """Before a command uses a workdir's store: one line if it is damaged, and its artifact locations
-    pointed at this workdir if it was moved or copied (:func:`~hybridlens.analysis.runs.relocate_store`)."""
+    pointed at this workdir if it was moved or copied (:func:`~hybridlens.analysis.runs.relocate_store`).
+    A workdir this user cannot write (a colleague's, a read-only mount) is left as it is, with a line
+    saying where its artifacts are still looked for."""
     mlruns.check_store(uri)
-    if uri == mlruns.sqlite_uri(workdir) and mlruns.stale_artifact_roots(workdir):
-        with store_init_lock(workdir):
-            mlruns.relocate_store(workdir)
+    if uri != mlruns.sqlite_uri(workdir):
+        return
+    stale = mlruns.stale_artifact_roots(workdir)
+    if not stale:
+        return
+    if not (os.access(workdir, os.W_OK) and os.access(workdir / "mlflow.db", os.W_OK)):
+        (echo or _stderr)(
+            f"note: {workdir} is read-only, so its store still looks for artifacts in {', '.join(stale)} "
+            "(a writable copy of the workdir reads its own)"
+        )
+        return
+    with store_init_lock(workdir):
+        mlruns.relocate_store(workdir)
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
 
 
 def mark_unfinished(c, runs, status: str = "KILLED") -> list[str]:

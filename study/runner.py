@@ -25,6 +25,7 @@ from hybridlens.study.launches import (
     Launch,
     LaunchSummary,
     StudyLock,
+    inside,
     load_launch,
     prepare_store,
     resolved_config_path,
@@ -66,6 +67,11 @@ def run_study(
     workdir = Path(workdir).expanduser().resolve()
     if not workdir.parent.is_dir():
         raise UserError(f"cannot create workdir {workdir}: folder {workdir.parent} does not exist")
+    if storage_path and "://" in str(storage_path):
+        raise UserError(
+            f"--storage-path {storage_path}: give a folder every node mounts (NFS, say); "
+            "cloud URIs are not supported, as trials keep their checkpoints in the workdir"
+        )
     uri = tracking_uri or mlruns.sqlite_uri(workdir)
     if tracking_uri:
         mlruns.check_tracking_uri(uri)
@@ -74,10 +80,7 @@ def run_study(
     explicit_data = check_data_path(cfg)
     if workdir.exists() and not os.access(workdir, os.W_OK):
         raise UserError(f"workdir {workdir} is read-only; fix its permissions or pass another --workdir")
-    if analyze:
-        from hybridlens.analysis.report import check_out_dir
-
-        check_out_dir(analysis_dir(workdir, cfg.name))  # before the training, not after it
+    _check_analysis_out(workdir, cfg.name, analyze)
     workdir.mkdir(exist_ok=True)
     (workdir / "studies").mkdir(exist_ok=True)
     with StudyLock(workdir, cfg.name):  # one launch of a study at a time, before MLflow and Ray
@@ -102,7 +105,9 @@ def _new_launch(
     if uri.startswith("sqlite:"):
         with store_init_lock(workdir):
             c = mlruns.client(uri)
-            experiment_id = tracking.get_or_create_experiment(c, cfg.name, (workdir / "mlartifacts").as_uri())
+            experiment_id = tracking.get_or_create_experiment(
+                c, cfg.name, (workdir / "mlartifacts").as_uri(), beside_store=uri == mlruns.sqlite_uri(workdir)
+            )
     else:
         c = mlruns.client(uri)
         experiment_id = tracking.get_or_create_experiment(c, cfg.name, None)
@@ -126,7 +131,7 @@ def _new_launch(
     launch.save()
     resolved_config_path(workdir, cfg.name).write_text(resolved_yaml)
     c.log_text(parent, resolved_yaml, "config/study.yaml")
-    _log_study_params(c, parent, cfg, data_path)
+    _log_study_params(c, parent, cfg, data_path, workdir)
     echo(f"  tracking {uri} (experiment {experiment_id}, parent run {parent})")
     return launch
 
@@ -145,12 +150,15 @@ def _ranges(values: list[int]) -> str:
     return ",".join(out)
 
 
-def _log_study_params(c, parent: str, cfg: StudyConfig, data_path: Path) -> None:
+def _log_study_params(c, parent: str, cfg: StudyConfig, data_path: Path, workdir: Path) -> None:
+    """The study's parameters and dataset on its parent run; the dataset's path relative to the workdir
+    when inside it, as the trials record it (a moved or copied workdir stays right)."""
     from mlflow.entities import Param
 
     from hybridlens.analysis.datasets import load_dataset, split_sizes
 
     ds = load_dataset(data_path, splits=())
+    recorded = inside(data_path, workdir)
     params = {
         "task": cfg.task,
         "architectures": ",".join(cfg.grid.architecture_names()),
@@ -161,12 +169,12 @@ def _log_study_params(c, parent: str, cfg: StudyConfig, data_path: Path) -> None
         "top_k": cfg.analysis.top_k,
         "rank_on": cfg.analysis.rank_on,
         "ground_truth": cfg.analysis.ground_truth,
-        "data_path": str(data_path),
+        "data_path": recorded,
         "dataset_hash": ds.content_hash,
     }
     c.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
     c.set_tag(parent, layout.TAG_DATASET_HASH, ds.content_hash)
-    c.log_inputs(parent, [tracking.dataset_input(data_path, ds.content_hash, split_sizes(data_path))])
+    c.log_inputs(parent, [tracking.dataset_input(recorded, ds.content_hash, split_sizes(data_path))])
 
 
 def _analyze(summary: LaunchSummary, cfg: StudyConfig, analyze: bool, echo: Echo) -> LaunchSummary:
@@ -218,6 +226,14 @@ def recorded_config(launch: Launch, echo: Echo = print) -> StudyConfig:
     return cfg
 
 
+def _check_analysis_out(workdir: Path, name: str, analyze: bool) -> None:
+    """Refuse an analysis folder the analysis may not replace before the training, not after it."""
+    if analyze:
+        from hybridlens.analysis.report import check_out_dir
+
+        check_out_dir(analysis_dir(workdir, name))
+
+
 def resume_study(
     workdir: str | Path, study: str | None = None, *, analyze: bool = True, retry_failed: bool = True, echo: Echo = print
 ) -> LaunchSummary:
@@ -231,6 +247,7 @@ def resume_study(
         prepare_store(Path(launch.workdir), launch.tracking_uri)
         if launch.ray_address:
             check_ray_address(launch.ray_address)
+        _check_analysis_out(Path(launch.workdir), cfg.name, analyze)
         if not Path(launch.experiment_path, "tuner.pkl").is_file():
             raise UserError(f"no Ray Tune state at {launch.experiment_path}; the study cannot be resumed (start it again)")
         c = mlruns.client(launch.tracking_uri)

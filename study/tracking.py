@@ -21,6 +21,7 @@ from pathlib import Path
 from hybridlens.analysis.mlflow_layout import (
     DATASET_DIGEST_CHARS,
     EXPERIMENT_KIND_TRAINING,
+    TAG_ARTIFACTS_BESIDE_STORE,
     TAG_CONFIG_HASH,
     TAG_EXPERIMENT_KIND,
     TAG_KIND,
@@ -93,16 +94,22 @@ class RetryingClient:
         return lambda *a, **k: self.call(attr, *a, **k)
 
 
-def get_or_create_experiment(c, name: str, artifact_location: str | None = None) -> str:
-    """The study's experiment (restored if deleted, created if missing), tagged as model training."""
+def get_or_create_experiment(c, name: str, artifact_location: str | None = None, *, beside_store: bool = False) -> str:
+    """The study's experiment (restored if deleted, created if missing), tagged as model training, and
+    with ``beside_store`` as keeping its artifacts beside its store (:data:`TAG_ARTIFACTS_BESIDE_STORE`)."""
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
         if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND_TRAINING:
             c.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
+        if beside_store and exp.artifact_location == artifact_location and TAG_ARTIFACTS_BESIDE_STORE not in exp.tags:
+            c.set_experiment_tag(exp.experiment_id, TAG_ARTIFACTS_BESIDE_STORE, "true")
         return exp.experiment_id
-    return c.create_experiment(name, artifact_location=artifact_location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
+    tags = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING}
+    if beside_store:
+        tags[TAG_ARTIFACTS_BESIDE_STORE] = "true"
+    return c.create_experiment(name, artifact_location=artifact_location, tags=tags)
 
 
 def dataset_input(path: str | Path, content_hash: str, sizes: dict[str, int], context: str = "training"):

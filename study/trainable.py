@@ -167,6 +167,7 @@ def _log_artifacts(c, run_id: str, trainer, ds, cfg: StudyConfig, cell: dict, si
             "params": trial_params(cfg, cell, ds.content_hash),
             "study": cfg.resolved(),
             "data_path": site.recorded_data_path(),  # relative to the workdir when inside it
+            "workdir": str(site.workdir),  # where a relative data_path was, if the analysis is given no workdir
             "dataset_hash": ds.content_hash,
         }
         (d / "config" / "trial.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))

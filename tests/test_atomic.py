@@ -38,6 +38,52 @@ def test_anything_else_is_refused_and_left_alone(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="data.h5 is a file, not a folder"):
         check_replaceable(data / "out", MARK)
     monkeypatch.chdir(mine)
-    with pytest.raises(UserError, match="exists and was not written by hybridlens"):
+    with pytest.raises(UserError, match="is the current folder or holds it"):
         check_replaceable(".", MARK)
     assert (mine / "notes.txt").read_text() == "keep" and data.read_bytes() == b"hdf5"
+
+
+def test_the_current_folder_is_refused_even_when_ours(tmp_path, monkeypatch):
+    """An analysis run from inside its own output folder (or a folder above it) would swap out the
+    process's working folder: refused although the marker is there."""
+    out = tmp_path / "a" / "out"
+    with atomic_dir(out, marker=MARK):
+        pass
+    (out / "sub").mkdir()
+    for cwd in (out, out / "sub"):
+        monkeypatch.chdir(cwd)
+        with pytest.raises(UserError, match="is the current folder or holds it"):
+            check_replaceable(out, MARK)
+    monkeypatch.chdir(tmp_path)
+    assert check_replaceable(out, MARK) == out
+
+
+def test_a_place_that_takes_no_files_is_refused_before_any_work(tmp_path):
+    """/proc takes no new files whatever its permission bits say; a read-only folder neither (unless
+    root): both refused by a real attempt, in one line."""
+    with pytest.raises(UserError, match="does not take new files"):
+        check_replaceable("/proc/hybridlens-out", MARK)
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            with pytest.raises(UserError, match="does not take new files"):
+                check_replaceable(ro / "out", MARK)
+        finally:
+            ro.chmod(0o755)
+
+
+def test_a_folder_that_stops_being_ours_meanwhile_is_not_replaced(tmp_path):
+    """The check runs again just before the swap: a folder whose marker went during the work (a user
+    put their own files there) is left alone and the new one discarded."""
+    out = tmp_path / "out"
+    with atomic_dir(out, marker=MARK):
+        pass
+    with pytest.raises(UserError, match="was not written by hybridlens"):
+        with atomic_dir(out, marker=MARK, check=lambda p: check_replaceable(p, MARK)) as d:
+            (d / "new.csv").write_text("x")
+            (out / MARK).unlink()
+            (out / "mine.txt").write_text("keep")
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left

@@ -37,3 +37,19 @@ def test_a_finished_trial_leaves_a_marker_and_no_pack_files(tmp_path):
     store.save(_state(3), 3)
     store.finish({"epoch": 3, "cells": ["C24-exp-s0"]})
     assert store.done() == {"epoch": 3, "cells": ["C24-exp-s0"]} and store.files() == []
+
+
+def test_files_not_ours_are_ignored_and_killed_writes_cleared(tmp_path):
+    """A stray ``pack-x.pt`` or ``notes.txt`` is no checkpoint (and breaks nothing); the temporary file
+    of a write killed half-way is removed by the next save, and by finish."""
+    store = CheckpointStore(tmp_path)
+    (tmp_path / "pack-x.pt").write_bytes(b"not ours")
+    (tmp_path / "notes.txt").write_text("keep")
+    killed = tmp_path / ".pack-000002.pt.abc.tmp"
+    killed.write_bytes(b"half")
+    assert store.files() == [] and store.latest() is None
+    store.save(_state(4), 4)
+    assert [p.name for p in store.files()] == ["pack-000004.pt"] and not killed.exists()
+    killed.write_bytes(b"half")
+    store.finish({"epoch": 4})
+    assert not killed.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["done.json", "notes.txt", "pack-x.pt"]

@@ -62,3 +62,16 @@ def test_last_lines_name_the_next_step_and_a_divergence_is_not_a_failure(tmp_pat
     assert done.last_line().endswith(f"analyse with 'hybridlens analyze --study s --workdir {tmp_path}'")
     failed = LaunchSummary(launch, complete=True, finished=3, failed=1, killed=0, diverged=0, failures={"C24-exp-s0": "Boom"})
     assert not failed.ok and "retry them with 'hybridlens resume" in failed.last_line()
+
+
+def test_next_steps_stay_copy_pasteable_with_a_space_in_the_workdir(tmp_path):
+    """A workdir with a space (or a $) is one shell word in the printed commands: bash gives it back."""
+    import shlex
+    import subprocess
+
+    work = tmp_path / "my $work dir"
+    line = LaunchSummary(_launch(work), complete=False, finished=1, failed=0, killed=1, diverged=0).last_line()
+    command = line.split("resume with '", 1)[1].rstrip("'")
+    words = subprocess.run(["bash", "-c", 'for w in ' + command + '; do printf "%s\\n" "$w"; done'], capture_output=True,
+                           text=True).stdout.splitlines()  # fmt: skip
+    assert words == ["hybridlens", "resume", str(work), "--study", "s"], (command, shlex.split(command))

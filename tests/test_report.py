@@ -30,7 +30,8 @@ def _ray_shutdown():
 
 
 def _study(tmp: Path, task: str, archs: list[str], *, placements: bool = True) -> tuple[Path, dict]:
-    data = tmp / f"{task}.h5"
+    data = tmp / "work" / "data" / f"{task}.h5"  # inside the workdir: runs record it relative to it
+    data.parent.mkdir(parents=True)
     sim = simulate_task1 if task == "task1" else simulate_task2
     ds = sim(num_seqs=400, seed=5)
     if not placements:  # the original papers' layout: X, Y and model only
@@ -110,9 +111,16 @@ def test_rerun_replaces_and_works_from_mlflow_alone(task1):
     kids = child_runs(c, launch.experiment_id, launch.parent_run_id)
     before_parent = _artifacts(c, launch.parent_run_id)
     before = pd.read_csv(work / "analysis" / "tiny-task1" / "per_run.csv").sort_values("run_id")
-    # Analysis from MLflow only: no Ray folder, no checkpoints.
+    # Analysis from MLflow only: no Ray folder, no checkpoints; given the store's URI, no workdir (as
+    # for a tracking server), from another folder: the runs' relative dataset path is found in the
+    # workdir they were launched in
     shutil.rmtree(work / "ray")
-    r = _cli("analyze", "--study", "tiny-task1", "--workdir", str(work))
+    assert c.get_run(launch.parent_run_id).data.params["data_path"] == "data/task1.h5"
+    r = subprocess.run(
+        [sys.executable, "-m", "hybridlens.study.cli", "analyze", "--study", "tiny-task1", "--tracking-uri", launch.tracking_uri,
+         "--out", str(work / "analysis" / "tiny-task1")],
+        capture_output=True, text=True, timeout=600, cwd=work.parent,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "[4/4]" in r.stderr
     after = pd.read_csv(work / "analysis" / "tiny-task1" / "per_run.csv").sort_values("run_id")
@@ -263,7 +271,8 @@ def test_an_interrupted_analysis_leaves_the_previous_outputs_as_they_were(task1)
     assert err.strip().splitlines()[-1] == "hybridlens: interrupted", err
     assert "Traceback" not in err
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
-    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
+    # no staging folder left (the lock an analysis with --out and no workdir keeps beside it is no output)
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".") and not p.name.endswith(".analysis.lock")] == []
 
 
 def test_attributions_on_request_and_a_rerun_adds_no_duplicates(task1):
@@ -347,6 +356,25 @@ def test_an_output_folder_it_did_not_write_is_refused_before_any_work(task1, tmp
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+
+
+def test_a_folder_from_before_the_marker_is_known_by_its_file_names(tmp_path):
+    """An analysis folder from before the marker (its analysis.json among tables, figures and logos)
+    may be replaced; the same with a user's own notes.md or paper.pdf in it may not."""
+    from hybridlens.analysis.errors import UserError
+    from hybridlens.analysis.report import check_out_dir
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "analysis.json").write_text(json.dumps({"study": "s", "task": "task1", "parent_run_id": "x"}))
+    for name in ("summary.csv", "summary.md", "fig2_task1.png", "fig3_task2.pdf", "logos_C24_exp.png", "attention.md"):
+        (old / name).write_text("")
+    assert check_out_dir(old) == old
+    for name in ("notes.md", "paper.pdf"):
+        (old / name).write_text("mine")
+        with pytest.raises(UserError, match="was not written by hybridlens"):
+            check_out_dir(old)
+        (old / name).unlink()
 
 
 def test_two_analyses_at_once_take_turns_and_log_each_value_once(task1):
