@@ -210,7 +210,7 @@ def deep_lift_shap(model, x, target: int = 0, *, n_shuffles: int = 20, seed: int
     from tangermeme.deep_lift_shap import _nonlinear
     from tangermeme.deep_lift_shap import deep_lift_shap as dls
 
-    from hybridlens.models.blocks import Exp
+    from hybridlens.models.blocks import CUSTOM_ACTIVATIONS
 
     reason = unsupported_reason("deep_lift_shap", model)
     if reason:
@@ -224,7 +224,8 @@ def deep_lift_shap(model, x, target: int = 0, *, n_shuffles: int = 20, seed: int
         n_shuffles=n_shuffles,
         random_state=seed,
         batch_size=batch_size,
-        additional_nonlinear_ops={Exp: _nonlinear},  # exp(x): the generic rule (delta out / delta in)
+        # our element-wise activations (exp, ...): the generic rule (delta out / delta in)
+        additional_nonlinear_ops=dict.fromkeys(CUSTOM_ACTIVATIONS, _nonlinear),
         device=device,
         warning_threshold=1e-3,
         only_warn=True,

@@ -1,5 +1,5 @@
-"""Figures: the paper's exp-vs-relu scatter plots (Fig. 2 for Task 1, Fig. 3 for Task 2) and
-filter logos. Each figure is written as PNG and PDF."""
+"""Figures: the paper's exp-vs-relu scatter plots (Fig. 2 for Task 1, Fig. 3 for Task 2), metrics along
+a study's axes, filter logos, attribution and attention maps. Each figure is written as PNG and PDF."""
 
 from __future__ import annotations
 
@@ -54,14 +54,15 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
     """
     plt = _plt()
     stem = Path(stem)
-    from hybridlens.models.grid import BASELINES, GRID
+    from hybridlens.models import ARCHITECTURES, family
+    from hybridlens.models.grid import BASELINES
 
-    colours = architecture_colours(list(GRID))
-    rows = [b for b in BASELINES if any(GRID[a].baseline == b for a in summary["architecture"])]
+    colours = architecture_colours(list(ARCHITECTURES))
+    rows = [b for b in (*BASELINES, "lab CNNs") if any(family(a) == b for a in summary["architecture"])]
     fig, axes = plt.subplots(len(rows), len(metrics), figsize=(3.2 * len(metrics), 3.0 * len(rows)), squeeze=False)
     legend: dict[str, object] = {}  # one legend per figure: architecture -> its marker
     for r, base in enumerate(rows):
-        sub = summary[[GRID[a].baseline == base for a in summary["architecture"]]]
+        sub = summary[[family(a) == base for a in summary["architecture"]]]
         for c, m in enumerate(metrics):
             ax = axes[r][c]
             extent = []  # every point with its error bar
@@ -87,7 +88,7 @@ def scatter_exp_vs_relu(summary: pd.DataFrame, metrics: Sequence[str], stem: str
             if c == 0:
                 shown = [a for a, g in sub.groupby("architecture", sort=False) if {"exp", "relu"} <= set(g["activation"])]
                 named = ", ".join(shown) or "no architecture with both exp and relu"
-                ax.set_title(f"{base} baseline: {named}", fontsize=8, loc="left")
+                ax.set_title(f"{base}{' baseline' if base in BASELINES else ''}: {named}", fontsize=8, loc="left")
     if legend:
         fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _finish(fig, stem, title, 10)
@@ -170,31 +171,47 @@ def filter_logos_many(jobs: Sequence[tuple], *, workers: int | None = None) -> l
 
 
 def attribution_heatmap(table: pd.DataFrame, stem: str | Path, *, title: str = "", metric: str = "auroc_mean") -> list[Path]:
-    """Methods (rows) x architectures (columns) of an attribution score, one panel per activation (exp
-    and relu side by side); a method that does not support an architecture is an empty cell marked
-    "n/s". ``table`` is :func:`~hybridlens.analysis.report.attribution_table`'s."""
-    from hybridlens.models import GRID
+    """Methods (rows) x configurations (columns: architectures, with their axis values where a study has
+    axes) of an attribution score, one panel per activation (in the model code's order, four panels a
+    row); a method that does not support an architecture is an empty cell marked "n/s". ``table`` is
+    :func:`~hybridlens.analysis.report.attribution_table`'s."""
+    from hybridlens.models import ARCHITECTURES
+    from hybridlens.models.blocks import ACTIVATIONS
 
     plt = _plt()
     methods = list(dict.fromkeys(table["method"]))
-    archs = sorted(set(table["architecture"]), key=lambda a: list(GRID).index(a) if a in GRID else len(GRID))
-    acts = [a for a in ("exp", "relu") if a in set(table["activation"])]
-    fig, axes = plt.subplots(1, len(acts), figsize=(0.9 * len(archs) * len(acts) + 2.5, 0.55 * len(methods) + 1.8), squeeze=False)
-    for k, (ax, act) in enumerate(zip(axes[0], acts)):
-        grid = np.full((len(methods), len(archs)), np.nan)
-        sub = table[table["activation"] == act]
-        for _, r in sub.iterrows():
-            grid[methods.index(r["method"]), archs.index(r["architecture"])] = r[metric]
+    labels = (
+        table["architecture"] + (" " + table["axes"]).where(table.get("axes", "").astype(bool), "")
+        if "axes" in table
+        else table["architecture"]
+    )
+    table = table.assign(_column=labels)
+    rank = {a: i for i, a in enumerate(ARCHITECTURES)}
+    columns = list(dict.fromkeys(table.sort_values("architecture", key=lambda c: c.map(rank), kind="stable")["_column"]))
+    acts = [a for a in ACTIVATIONS if a in set(table["activation"])]
+    ncols = min(4, len(acts))
+    nrows = -(-len(acts) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(0.9 * len(columns) * ncols + 2.5, (0.55 * len(methods) + 1.8) * nrows), squeeze=False
+    )
+    for k, ax in enumerate(axes.flat):
+        if k >= len(acts):
+            ax.axis("off")
+            continue
+        act = acts[k]
+        grid = np.full((len(methods), len(columns)), np.nan)
+        for _, r in table[table["activation"] == act].iterrows():
+            grid[methods.index(r["method"]), columns.index(r["_column"])] = r[metric]
         im = ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
         for i in range(len(methods)):
-            for j in range(len(archs)):
+            for j in range(len(columns)):
                 v = grid[i, j]
                 ax.text(j, i, "n/s" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6,
                         color="black" if np.isnan(v) or v > 0.8 else "white")  # fmt: skip
-        ax.set_xticks(range(len(archs)), archs, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(len(methods)), methods if k == 0 else [], fontsize=7)  # one set of labels, left
+        ax.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(methods)), methods if k % ncols == 0 else [], fontsize=7)  # labels on the left only
         ax.set_title(act, fontsize=9)
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label=f"attribution {metric.replace('_mean', '').upper()}")
+    fig.colorbar(im, ax=list(axes.flat), shrink=0.8, label=f"attribution {metric.replace('_mean', '').upper()}")
     fig.suptitle(title, fontsize=9)
     out = []
     for ext in ("png", "pdf"):
@@ -203,6 +220,134 @@ def attribution_heatmap(table: pd.DataFrame, stem: str | Path, *, title: str = "
         out.append(p)
     plt.close(fig)
     return out
+
+
+def _numeric(values) -> bool:
+    vals = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    return bool(vals) and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in vals)
+
+
+def category_figure(summary: pd.DataFrame, metrics: Sequence[str], column: str, stem: Path, *, title: str = "") -> list[Path]:
+    """Each metric (mean with error bars of the std over the best k) for each value of a categorical
+    ``column`` of ``summary`` (``activation``, or a non-numeric axis), in the order the rows give them;
+    one series of points per architecture and the other columns' values (axes label), side by side."""
+    plt = _plt()
+    metrics = [m for m in metrics if f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any()]
+    if not metrics:
+        return []
+    cats = list(dict.fromkeys(summary[column]))
+    series_cols = [c for c in ("architecture", "activation", "axes") if c in summary and c != column]
+    groups = list(summary.groupby(series_cols, sort=False))
+    width = 0.8 / max(1, len(groups))
+    fig, axs = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.7 * len(cats) + 3), 2.6 * len(metrics)), squeeze=False)
+    handles = {}
+    for ax, m in zip(axs[:, 0], metrics):
+        for i, (key, g) in enumerate(groups):
+            key = key if isinstance(key, tuple) else (key,)
+            name = " ".join(str(k) for k in key if k)
+            x = [cats.index(v) - 0.4 + width * (i + 0.5) for v in g[column]]
+            h = ax.errorbar(x, g[f"{m}_mean"], yerr=g[f"{m}_std"].fillna(0), fmt="o", ms=4, capsize=2)
+            handles.setdefault(name, h)
+        ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(METRIC_LABELS.get(m, m), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", lw=0.3)
+    fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    return _finish(fig, stem, title, 9)
+
+
+def axis_figures(
+    summary: pd.DataFrame, metrics: Sequence[str], axes: dict[str, dict], out: Path, *, title: str = ""
+) -> list[Path]:
+    """Each metric against each numeric axis (``axis_<name>``: mean with error bars of the std over the
+    best k, as the summaries; one line per architecture, activation and value of the other axes), and
+    with two numeric axes a heat map of each metric's mean over both (``heatmap_<a>_<b>``: one row of
+    panels per architecture and activation). ``summary`` has architecture, activation, ``axes`` (the
+    label) and one column per axis (:func:`~hybridlens.analysis.report.analyze_study`'s); ``axes`` maps
+    a label to its values. A metric the summary lacks is left out; a non-numeric axis (``init``, ``auc``)
+    gets no figure of its own."""
+    plt = _plt()
+    keys = list(dict.fromkeys(k for a in axes.values() for k in a))
+    numeric = [k for k in keys if k in summary and _numeric(summary[k])]
+    metrics = [m for m in metrics if f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any()]
+    files: list[Path] = []
+    if not metrics:
+        return files
+    short = {k: k.split(".", 1)[-1] for k in keys}
+    for key in numeric:
+        others = [k for k in keys if k != key]
+        fig, axs = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics) + 1.8, 3.2), squeeze=False)
+        handles = {}
+        for ax, m in zip(axs[0], metrics):
+            for line, g in summary.groupby(["architecture", "activation", *others], sort=False, dropna=False):
+                line = line if isinstance(line, tuple) else (line,)
+                name = " ".join(str(x) for x in line[:2]) + "".join(
+                    f", {short[o]}={v}" for o, v in zip(others, line[2:]) if not (isinstance(v, float) and math.isnan(v))
+                )
+                g = g.sort_values(key)
+                h = ax.errorbar(g[key], g[f"{m}_mean"], yerr=g[f"{m}_std"].fillna(0), marker="o", ms=4, capsize=2, lw=1)
+                handles.setdefault(name, h)
+            ax.set_xlabel(short[key], fontsize=8)
+            ax.set_ylabel(METRIC_LABELS.get(m, m), fontsize=8)
+            values = sorted(set(summary[key].dropna()))
+            if len(values) > 2 and values[0] > 0 and values[-1] / values[0] >= 20:
+                ax.set_xscale("log")  # pools 1-50, rates 1e-4-1e-2: even steps on a log scale
+            ax.set_xticks(values, [f"{v:g}" for v in values], fontsize=7)
+            ax.minorticks_off()
+            ax.tick_params(labelsize=7)
+        fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        files += _finish(
+            fig,
+            out / f"axis_{short[key]}",
+            f"{title}\n{', '.join(METRIC_LABELS.get(m, m) for m in metrics)} against {short[key]}",
+            9,
+        )
+    for key in keys:
+        if key in summary and key not in numeric:  # init, auc, monitor: a value each, side by side
+            files += category_figure(summary.assign(axes=""), metrics, key, out / f"axis_{short[key]}", title=title)
+    if len(numeric) == 2:
+        a, b = numeric
+        configs = list(summary.groupby(["architecture", "activation"], sort=False).groups)
+        va, vb = sorted(set(summary[a].dropna())), sorted(set(summary[b].dropna()))
+        fig, axs = plt.subplots(
+            len(configs),
+            len(metrics),
+            figsize=(0.6 * len(vb) * len(metrics) + 3, 0.5 * len(va) * len(configs) + 1.5),
+            squeeze=False,
+        )
+        for r, (arch, act) in enumerate(configs):
+            sub = summary[(summary["architecture"] == arch) & (summary["activation"] == act)]
+            for c, m in enumerate(metrics):
+                grid = np.full((len(va), len(vb)), np.nan)
+                for _, row in sub.iterrows():
+                    grid[va.index(row[a]), vb.index(row[b])] = row[f"{m}_mean"]
+                lo, hi = np.nanmin(summary[f"{m}_mean"]), np.nanmax(summary[f"{m}_mean"])  # one scale per metric
+                hi = hi if hi > lo else lo + 1e-9
+                ax = axs[r][c]
+                ax.imshow(grid, cmap="viridis", aspect="auto", vmin=lo, vmax=hi)
+                for i in range(len(va)):
+                    for j in range(len(vb)):
+                        if not np.isnan(grid[i, j]):
+                            bright = (grid[i, j] - lo) / (hi - lo) > 0.6  # viridis turns yellow: dark text there
+                            ax.text(
+                                j,
+                                i,
+                                f"{grid[i, j]:.2f}",
+                                ha="center",
+                                va="center",
+                                fontsize=6,
+                                color="black" if bright else "white",
+                            )
+                ax.set_xticks(range(len(vb)), [f"{v:g}" for v in vb], fontsize=7)
+                ax.set_yticks(range(len(va)), [f"{v:g}" for v in va], fontsize=7)
+                ax.set_xlabel(short[b], fontsize=7)
+                ax.set_ylabel(f"{arch} {act}\n{short[a]}" if c == 0 else short[a], fontsize=7)
+                ax.set_title(METRIC_LABELS.get(m, m), fontsize=8)
+        study = title.split(";")[0]
+        files += _finish(
+            fig, out / f"heatmap_{short[a]}_{short[b]}", f"{study}: mean over the best runs of each configuration", 9
+        )
+    return files
 
 
 def attention_example(

@@ -8,7 +8,8 @@ them (SPEC.md "MLflow layout"): tag names, outcomes and run names, defined once.
   its runs rather than on the GenAI overview. Every run records the study's dataset as an MLflow
   dataset input (name: the file's stem, digest: the start of our content hash, source: the file).
 - Statuses: FINISHED; FAILED on an exception (``TAG_OUTCOME = "failed"``, ``TAG_ERROR`` the cause) or a
-  divergence (``"diverged"``); KILLED for runs stopped by a signal (``"killed"``).
+  divergence (``"diverged"``); KILLED for runs stopped by a signal (``"killed"``) or by a search's
+  scheduler (``"stopped"``, ``TAG_STOPPED_AT`` the epoch it reached).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ TAG_TRIAL = "hybridlens.trial_id"
 TAG_CONFIG_HASH = "hybridlens.config_hash"
 TAG_DATASET_HASH = "hybridlens.dataset_hash"
 TAG_KIND = "hybridlens.kind"  # parent | trial
-TAG_OUTCOME = "hybridlens.outcome"  # finished | diverged | failed | killed
+TAG_OUTCOME = "hybridlens.outcome"  # finished | diverged | failed | killed | stopped
+#: The outcome of a run a search's scheduler (ASHA) stopped early: KILLED, never finished or selected.
+OUTCOME_STOPPED = "stopped"
+TAG_STOPPED_AT = "hybridlens.stopped_at_epoch"
 TAG_ERROR = "hybridlens.error"  # the exception or divergence that ended a run
 TAG_NODE = "hybridlens.node_id"
 #: How the run trained: ``cuda-graph``, ``cuda-eager`` or ``cpu``; and why a GPU run trained eagerly.
@@ -41,13 +45,30 @@ TAG_ARTIFACTS_BESIDE_STORE = "hybridlens.artifacts_beside_store"
 DATASET_DIGEST_CHARS = 36
 
 
-def cell_name(architecture: str, activation: str, seed) -> str:
-    """A grid cell's run name: ``C24-exp-s0``."""
-    return f"{architecture}-{activation}-s{seed}"
+def axis_value_text(value) -> str:
+    """An axis value as names and labels show it: ``0.0003``, ``4``, ``true``, ``glorot``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
 
 
-#: The params that identify a grid cell (the search space's dimensions).
+def axes_label(axes: dict | None) -> str:
+    """A cell's axis values, for tables and titles: ``first_pool=4, lr=0.0003`` (empty without axes)."""
+    return ", ".join(f"{k.split('.', 1)[-1]}={axis_value_text(v)}" for k, v in (axes or {}).items())
+
+
+def cell_name(architecture: str, activation: str, seed, axes: dict | None = None) -> str:
+    """A grid cell's run name: ``C24-exp-s0``; with axis values ``cnn-pool-relu-first_pool4-lr0.0003-s0``."""
+    values = "".join(f"-{k.split('.', 1)[-1]}{axis_value_text(v)}" for k, v in (axes or {}).items())
+    return f"{architecture}-{activation}{values}-s{seed}"
+
+
+#: The params that identify a grid cell (the search space's dimensions); a cell's axis values are the
+#: param ``axes`` (JSON, in the config's order), each also a param of its own name (``model.first_pool``).
 CELL_KEYS = ("architecture", "activation", "seed")
+AXES_PARAM = "axes"
 
 
 def runs_url(ui: str, experiment_id: str) -> str:

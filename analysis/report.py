@@ -24,7 +24,7 @@ from hybridlens.analysis.classification import auc_note
 from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.mlflow_layout import TAG_ATTR_NOT_SUPPORTED, TAG_ATTR_UNAVAILABLE
 from hybridlens.analysis.motifs import ANALYSIS_RELEASE
-from hybridlens.analysis.selection import Selection, run_label, select_best
+from hybridlens.analysis.selection import Selection, config_key, run_axes, run_label, select_best
 from hybridlens.analysis.tasks import TASKS, TaskSpec
 
 Echo = Callable[[str], None]
@@ -50,15 +50,38 @@ class RunError(Exception):
 # ------------------------------------------------------------------------------------- one run
 
 
+#: The columns that name a configuration inside the analysis (``axes``: the label of its axis values,
+#: empty without axes; the written tables show each axis as a column of its own instead).
+CONFIG = ["architecture", "activation", "axes"]
+
+
+def _with_axes(table: pd.DataFrame, sel: Selection, axis_columns: list[str]) -> pd.DataFrame:
+    """``table`` with one column per axis (its value for the row's configuration) after ``activation``."""
+    if "axes" not in table or not axis_columns:
+        return table
+    table = table.copy()
+    at = list(table.columns).index("axes") + 1
+    for i, key in enumerate(axis_columns):
+        values = [sel.axes.get(label, {}).get(key, np.nan) for label in table["axes"]]
+        if key in table:
+            table[key] = values
+        else:
+            table.insert(at + i, key, values)
+    return table
+
+
 #: The size params a run records that ``models.build`` takes back.
-SIZE_PARAMS = ("filters", "lstm_units", "key_size", "dense_units", "num_outputs", "heads", "ffn_units", "kernel_size", "seq_len")
+SIZE_PARAMS = (
+    "filters", "lstm_units", "key_size", "dense_units", "num_outputs", "heads", "ffn_units", "kernel_size", "seq_len",
+    "first_pool",
+)  # fmt: skip
 
 
 def build_from_params(params: dict, *, seed: int | None = None):
     """A freshly initialised model of the architecture, task, activation, sizes and init a run records."""
     from hybridlens.models import build
 
-    sizes = {k: int(params[k]) for k in SIZE_PARAMS if k in params}
+    sizes = {k: int(params[k]) for k in SIZE_PARAMS if k in params and params[k] != "None"}
     if "init" in params:
         sizes["init"] = params["init"]
     return build(params["architecture"], params["task"], params["activation"], seed=seed, **sizes)
@@ -295,7 +318,7 @@ def compute_floors(sel: Selection, shared: _Shared) -> None:
 ANALYSIS_MARKER = ".hybridlens-analysis"
 #: What an analysis writes (tables, figures, analysis.json), by which a folder from before the marker is known.
 _TABLES = ("per_run", "summary", "paired_exp_vs_relu", "attributions", "attention")
-_FIGURES = tuple(spec.figure for spec in TASKS.values()) + ("attribution_auroc", "attention_example")
+_FIGURES = tuple(spec.figure for spec in TASKS.values()) + ("attribution_auroc", "attention_example")  # before the marker
 
 
 def _written_by_analysis(name: str) -> bool:
@@ -354,19 +377,34 @@ def write_tables(tables: dict[str, pd.DataFrame], out: Path, caption: str) -> li
     return files
 
 
-def draw_figures(summary: pd.DataFrame, best_filters: dict, spec: TaskSpec, out: Path, title: str, echo: Echo) -> list[Path]:
-    """The exp-vs-relu scatter figure and a filter-logo grid of the best run of each configuration."""
-    from hybridlens.analysis.figures import filter_logos_many, filter_title, scatter_exp_vs_relu
+def _slug(label: str) -> str:
+    """An axes label as part of a file name (no dots: they would read as a suffix): ``first_pool=4,
+    lr=0.0003`` -> ``_first_pool4_lr0p0003``."""
+    return "".join("_" + part.replace("=", "").replace(".", "p") for part in label.split(", ")) if label else ""
 
-    files = scatter_exp_vs_relu(summary, spec.figure_metrics, out / spec.figure, title=title)
+
+def draw_figures(
+    summary: pd.DataFrame, best_filters: dict, spec: TaskSpec, out: Path, title: str, echo: Echo, axes: dict | None = None
+) -> list[Path]:
+    """The exp-vs-relu scatter figure (a study with axes: each metric against each axis, and heat maps
+    over two axes) and a filter-logo grid of the best run of each configuration."""
+    from hybridlens.analysis.figures import axis_figures, category_figure, filter_logos_many, filter_title, scatter_exp_vs_relu
+
+    metrics = spec.interp_metrics + ("test_auroc",)
+    if "axes" in summary and summary["axes"].astype(bool).any():  # each interpretation metric along each axis
+        files = axis_figures(summary, metrics, axes, out, title=title)
+    else:
+        files = scatter_exp_vs_relu(summary, spec.figure_metrics, out / spec.figure, title=title)
+    if summary["activation"].nunique() > 2:  # an activation study: every metric for every activation
+        files += category_figure(summary, metrics, "activation", out / "by_activation", title=title)
     jobs = [
         (
             [m.pwm for m in motifs],
             [filter_title(r, m.nsites) for r, m in zip(fm.per_filter, motifs)],
-            out / f"logos_{arch}_{act}",
-            f"{label} (best {arch} {act})",
+            out / f"logos_{arch}_{act}{_slug(label_axes)}",
+            f"{label} (best {arch} {act}{', ' + label_axes if label_axes else ''})",
         )
-        for (arch, act), (label, motifs, fm) in sorted(best_filters.items())
+        for (arch, act, label_axes), (label, motifs, fm) in sorted(best_filters.items())
     ]
     echo(f"  drawing {len(jobs)} filter-logo grids")
     return files + filter_logos_many(jobs)
@@ -383,19 +421,19 @@ def attribution_table(selected: pd.DataFrame, shared: _Shared) -> pd.DataFrame |
 
     if not shared.attributions:
         return None
-    keys = list(zip(selected["architecture"], selected["activation"]))
+    keys = list(zip(selected["architecture"], selected["activation"], selected["axes"]))
     key_of = dict(zip(selected["run_id"], keys))
     reasons = {(m, key_of[r]): why for r, ms in shared.unsupported.items() if r in key_of for m, why in ms.items()}
     unavailable = {key_of[r]: why for r, why in shared.unavailable.items() if r in key_of}
-    counts = selected.reindex(columns=["architecture", "activation", "attr_n", "attr_saturated"])
-    per_key = counts.groupby(["architecture", "activation"], sort=False).agg({"attr_n": "max", "attr_saturated": "mean"})
+    counts = selected.reindex(columns=[*CONFIG, "attr_n", "attr_saturated"])
+    per_key = counts.groupby(CONFIG, sort=False).agg({"attr_n": "max", "attr_saturated": "mean"})
     parts = []
     for method in shared.attributions:
         cols = [f"attr_{method}_{k}" for k in ("auroc", "aupr", "snr")]
-        t = aggregate(selected.reindex(columns=["architecture", "activation", *cols]), cols)
+        t = aggregate(selected.reindex(columns=[*CONFIG, *cols]), cols)
         t = t.rename(columns=lambda c: c.replace(f"attr_{method}_", ""))
         t.insert(0, "method", method)
-        tkeys = list(zip(t["architecture"], t["activation"]))
+        tkeys = list(zip(t["architecture"], t["activation"], t["axes"]))
         t["sequences"] = pd.array([per_key["attr_n"].get(k, np.nan) for k in tkeys], dtype="Float64").astype("Int64")
         t["saturated"] = [per_key["attr_saturated"].get(k, np.nan) for k in tkeys]
         for floor in ("auroc", "aupr"):
@@ -442,15 +480,16 @@ def publish(c, parent_run_id: str, files: list[Path]) -> None:
         c.log_artifact(parent_run_id, str(f), "analysis")
 
 
-def _grid_order(per_run: pd.DataFrame) -> pd.DataFrame:
-    """Rows in grid order, relu before exp, seeds ascending."""
-    from hybridlens.models import GRID
+def _grid_order(per_run: pd.DataFrame, axis_columns: list[str]) -> pd.DataFrame:
+    """Rows in grid order: architectures as the grid lists them, activations as the model code lists
+    them (relu, exp, ...), then each axis' values, seeds ascending."""
+    from hybridlens.models import ARCHITECTURES
+    from hybridlens.models.blocks import ACTIVATIONS
 
-    order = {a: i for i, a in enumerate(GRID)}
+    order = {"architecture": {a: i for i, a in enumerate(ARCHITECTURES)}, "activation": {a: i for i, a in enumerate(ACTIVATIONS)}}
     return per_run.sort_values(
-        ["architecture", "activation", "seed"],
-        key=lambda c: c.map(order) if c.name == "architecture" else c,
-        ascending=[True, False, True],
+        ["architecture", "activation", *axis_columns, "seed"],
+        key=lambda c: c.map(order[c.name]) if c.name in order else c,
     ).reset_index(drop=True)
 
 
@@ -579,6 +618,8 @@ def _analyze_locked(
                     "run_id": run.info.run_id,
                     "architecture": p["architecture"],
                     "activation": p["activation"],
+                    "axes": config_key(run)[2],
+                    **run_axes(run),
                     "seed": int(p["seed"]),
                     "selected": run.info.run_id in selected_ids,
                     **{k: m.get(k, np.nan) for k in CLASS_METRICS + [sel.rank_key]},
@@ -594,11 +635,14 @@ def _analyze_locked(
         if not rows:
             raise UserError(f"no run of study {study!r} could be analysed ({len(skipped)} skipped)")
 
-        per_run = _grid_order(pd.DataFrame(rows))
+        axis_columns = list(dict.fromkeys(k for axes in sel.axes.values() for k in axes))
+        per_run = _grid_order(pd.DataFrame(rows), axis_columns)
         metrics_list = CLASS_METRICS + list(spec.interp_metrics)
-        summary = aggregate(per_run[per_run["selected"]], metrics_list, all_runs=per_run)
-        summary["finished"] = [sel.available.get(k, 0) for k in zip(summary["architecture"], summary["activation"])]
-        paired = paired_exp_vs_relu(per_run, metrics_list)
+        summary = _with_axes(aggregate(per_run[per_run["selected"]], metrics_list, all_runs=per_run), sel, axis_columns)
+        summary["finished"] = [
+            sel.available.get(k, 0) for k in zip(summary["architecture"], summary["activation"], summary["axes"])
+        ]
+        paired = _with_axes(paired_exp_vs_relu(per_run, metrics_list), sel, axis_columns)
         compute_floors(sel, shared)
         out = Path(out_dir) if out_dir else tmp / "out"
         caption = (
@@ -634,14 +678,18 @@ def _analyze_locked(
             if "attn_auroc" in per_run:
                 att_cols = [k for k in ("attn_auroc", "attn_motif_mass_ratio") if k in per_run]
                 tables["attention"] = aggregate(per_run[per_run["selected"]].dropna(subset=["attn_auroc"]), att_cols)
+            tables = {k: _with_axes(t, sel, axis_columns).drop(columns="axes", errors="ignore") for k, t in tables.items()}
             written = write_tables(tables, staging, caption)
             written += draw_figures(
                 summary,
                 best_filters,
                 spec,
                 staging,
-                f"{study}: exp vs relu, {sel.best_of()} runs per configuration; error bars: std (ddof 0) over those runs",
+                f"{study}: "
+                + ("" if axis_columns else "exp vs relu, ")
+                + f"{sel.best_of()} runs per configuration; error bars: std (ddof 0) over those runs",
                 echo,
+                sel.axes,
             )
             written += _attribution_figures(attr_table, shared, staging, study)
             (staging / "analysis.json").write_text(json.dumps(meta, indent=2))

@@ -1,12 +1,14 @@
-"""Best-k selection: group a study's runs by configuration (architecture, activation) and keep the
-k best, ranked on the validation metric by default (SPEC.md), skipping failed and diverged runs."""
+"""Best-k selection: group a study's runs by configuration (architecture, activation and the cell's
+axis values) and keep the k best, ranked on the validation metric by default (SPEC.md), skipping
+failed, diverged and stopped runs."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from hybridlens.analysis.errors import UserError
-from hybridlens.analysis.mlflow_layout import TAG_OUTCOME, cell_name
+from hybridlens.analysis.mlflow_layout import AXES_PARAM, TAG_OUTCOME, axes_label, cell_name
 from hybridlens.analysis.tasks import TASKS, task_spec
 
 RANK_ON = ("valid", "test")
@@ -17,10 +19,12 @@ class Selection:
     task: str
     top_k: int
     rank_on: str
-    chosen: dict[tuple[str, str], list] = field(default_factory=dict)  # (architecture, activation) -> runs, best first
+    # a configuration: (architecture, activation, axes label) -> its runs, best first
+    chosen: dict[tuple[str, str, str], list] = field(default_factory=dict)
     skipped: list[tuple[object, str]] = field(default_factory=list)  # (run, reason)
     usable: list = field(default_factory=list)  # every finished run (for paired tests over seeds)
-    available: dict[tuple[str, str], int] = field(default_factory=dict)  # (architecture, activation) -> finished runs
+    available: dict[tuple[str, str, str], int] = field(default_factory=dict)  # configuration -> finished runs
+    axes: dict[str, dict] = field(default_factory=dict)  # axes label -> the axis values it stands for
 
     def best_of(self) -> str:
         """``"best k of n"`` with the real numbers: k kept of n finished runs per configuration, as
@@ -41,16 +45,28 @@ class Selection:
         return f"best_val_{m}" if self.rank_on == "valid" else f"test_{m}"
 
 
-def run_label(run) -> str:
-    """The run's grid cell name (``C24-exp-s0``), from its params."""
+def run_axes(run) -> dict:
+    """The run's axis values (``{"model.first_pool": 4}``; empty for a grid without axes)."""
+    return json.loads(run.data.params.get(AXES_PARAM, "{}"))
+
+
+def config_key(run) -> tuple[str, str, str]:
+    """The run's configuration: ``(architecture, activation, axes label)`` (the label empty without axes)."""
     p = run.data.params
-    return cell_name(p.get("architecture", "?"), p.get("activation", "?"), p.get("seed", "?"))
+    return p["architecture"], p["activation"], axes_label(run_axes(run))
+
+
+def run_label(run) -> str:
+    """The run's grid cell name (``C24-exp-s0``, ``cnn-pool-relu-first_pool4-s0``), from its params."""
+    p = run.data.params
+    return cell_name(p.get("architecture", "?"), p.get("activation", "?"), p.get("seed", "?"), run_axes(run))
 
 
 def select_best(runs: list, *, task: str | None = None, top_k: int | None = None, rank_on: str = "valid") -> Selection:
-    """Keep the ``top_k`` best finished runs of every (architecture, activation).
+    """Keep the ``top_k`` best finished runs of every configuration (architecture, activation, axis values).
 
-    Runs that failed, diverged, were killed or are still running are skipped with a reason; so are
+    Runs that failed, diverged, were killed or stopped by a scheduler, or are still running are skipped
+    with a reason; so are
     runs of another task than ``task`` (default: the task of the runs, which must agree).
     """
     if rank_on not in RANK_ON:
@@ -72,7 +88,9 @@ def select_best(runs: list, *, task: str | None = None, top_k: int | None = None
             sel.skipped.append((r, f"no {sel.rank_key} metric"))
         else:
             sel.usable.append(r)
-            groups.setdefault((r.data.params["architecture"], r.data.params["activation"]), []).append(r)
+            key = config_key(r)
+            sel.axes[key[2]] = run_axes(r)
+            groups.setdefault(key, []).append(r)
     for key, rs in sorted(groups.items()):
         rs.sort(key=lambda r: (-r.data.metrics[sel.rank_key], int(r.data.params.get("seed", 0))))
         sel.chosen[key] = rs[: sel.top_k]

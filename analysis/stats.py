@@ -6,18 +6,25 @@ import numpy as np
 import pandas as pd
 
 
+def config_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns that name a configuration: architecture, activation, and ``axes`` where present."""
+    return ["architecture", "activation"] + (["axes"] if "axes" in frame else [])
+
+
 def aggregate(per_run: pd.DataFrame, metrics: list[str], *, all_runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per (architecture, activation), over the rows of ``per_run`` (the selected runs): the mean, the
     standard deviation (population, ddof = 0, as the reference code: ``_std``) and the standard error of
     the mean (sample std / sqrt(n): ``_se``) of each of ``metrics``, and ``runs`` (n). With ``all_runs``,
     also each metric's mean over all of its rows (``_all_mean``: every finished run, not only the best k).
     ``runs`` counts the rows; a metric missing (NaN) in some of them also gets ``_n``, the count its
-    statistics are over."""
-    g = per_run.groupby(["architecture", "activation"], sort=False)[metrics]
+    statistics are over. A configuration is an (architecture, activation) and, where the frame has an
+    ``axes`` column, its axis values (:func:`config_columns`)."""
+    by = config_columns(per_run)
+    g = per_run.groupby(by, sort=False)[metrics]
     n = g.count()
     stats = {"mean": g.mean(), "std": g.std(ddof=0), "se": g.std(ddof=1) / np.sqrt(n)}
     if all_runs is not None:
-        stats["all_mean"] = all_runs.groupby(["architecture", "activation"], sort=False)[metrics].mean()
+        stats["all_mean"] = all_runs.groupby(by, sort=False)[metrics].mean()
     out = pd.concat(stats, axis=1)
     out.columns = [f"{m}_{stat}" for stat, m in out.columns]
     out["runs"] = g.size()
@@ -56,7 +63,9 @@ def paired_exp_vs_relu(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFram
     from scipy.stats import wilcoxon
 
     rows = []
-    for arch, sub in per_run.groupby("architecture", sort=False):
+    by = [c for c in config_columns(per_run) if c != "activation"]
+    for key, sub in per_run.groupby(by, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
         wide = sub.pivot_table(index="seed", columns="activation", values=metrics)
         for m in metrics:
             if (m, "exp") not in wide or (m, "relu") not in wide:
@@ -75,7 +84,7 @@ def paired_exp_vs_relu(per_run: pd.DataFrame, metrics: list[str]) -> pd.DataFram
                 dz = float(d.mean() / d.std(ddof=1))
             rows.append(
                 {
-                    "architecture": arch,
+                    **dict(zip(by, key)),
                     "metric": m,
                     "pairs": int(d.size),
                     "mean_diff_exp_minus_relu": float(d.mean()) if d.size else np.nan,
@@ -100,7 +109,11 @@ def to_markdown(df: pd.DataFrame, digits: int = 3, caption: str | None = None) -
         if v is pd.NA:
             return "–"
         if isinstance(v, float):
-            return "–" if np.isnan(v) else f"{v:.{digits}f}"  # missing values are explained in a note column
+            if np.isnan(v):
+                return "–"  # missing values are explained in a note column
+            if v != 0 and abs(v) < 10.0 ** (1 - digits):  # a rate of 3e-4 or a p-value of 2e-5 keeps its digits
+                return f"{v:.{digits}g}"
+            return f"{v:.{digits}f}"
         return str(v)
 
     cols = list(df.columns)

@@ -97,15 +97,17 @@ def main() -> None:
         flush=True,
     )
 
-    from hybridlens.models import GRID
+    from hybridlens.models import ARCHITECTURES
     from hybridlens.study.capture_check import capture_check
 
     t0 = time.monotonic()
-    captures = capture_check([(a, t) for a in GRID for t in ("task1", "task2")], timeout=max(60.0, left()))
+    captures = capture_check([(a, t) for a in ARCHITECTURES for t in ("task1", "task2")], timeout=max(60.0, left()))
     results["captures"] = captures
     by = {(c["architecture"], c["task"]): c for c in captures}
-    print(f"\n1. CUDA-graph capture, 17 architectures x 2 tasks ({time.monotonic() - t0:.0f} s)")
-    for a in GRID:
+    print(
+        f"\n1. CUDA-graph capture, {len(ARCHITECTURES)} architectures (the hybrids and the lab's CNNs) x 2 tasks ({time.monotonic() - t0:.0f} s)"
+    )
+    for a in ARCHITECTURES:
         cells = [by.get((a, t), {"path": "not probed", "reason": None}) for t in ("task1", "task2")]
         shown = ["captures" if c["path"] == "cuda-graph" else f"{c['path']}: {c['reason']}" for c in cells]
         print(f"   {a:<18} task1 {shown[0]:<10} task2 {shown[1]}")

@@ -4,6 +4,30 @@
 >>> model = build("C4C6-LSTM-Trans2", "task1", "exp")   # (N, 4, 200) -> (N, 12) logits
 """
 
-from hybridlens.models.grid import GRID, TASK_SIZES, TASKS, ArchSpec, Hybrid, Sizes, build, count_parameters, resolve_sizes
+from hybridlens.models.grid import (
+    ARCHITECTURES,
+    GRID,
+    TASK_SIZES,
+    TASKS,
+    ArchSpec,
+    Hybrid,
+    Sizes,
+    build,
+    count_parameters,
+    family,
+    resolve_sizes,
+)
 
-__all__ = ["GRID", "TASK_SIZES", "TASKS", "ArchSpec", "Hybrid", "Sizes", "build", "count_parameters", "resolve_sizes"]
+__all__ = [
+    "ARCHITECTURES",
+    "family",
+    "GRID",
+    "TASK_SIZES",
+    "TASKS",
+    "ArchSpec",
+    "Hybrid",
+    "Sizes",
+    "build",
+    "count_parameters",
+    "resolve_sizes",
+]

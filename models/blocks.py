@@ -17,7 +17,21 @@ BN_MOMENTUM = 0.01
 BN_EPS = 1e-3
 #: Keras LayerNormalization epsilon used by the reference transformer.
 LN_EPS = 1e-6
-ACTIVATIONS = ("relu", "exp")
+#: First-layer activations: the paper's relu and exp, and the others Koo & Ploenzke (2021) compared,
+#: defined as their released code (p-koo/exponential_activations, ``code/tfomics/utils.py``) does.
+ACTIVATIONS = (
+    "relu",
+    "exp",
+    "sigmoid",
+    "tanh",
+    "softplus",
+    "linear",
+    "elu",
+    "shift_scale_relu",
+    "shift_scale_tanh",
+    "shift_scale_sigmoid",
+    "exp_relu",
+)
 
 
 class Exp(nn.Module):
@@ -27,25 +41,71 @@ class Exp(nn.Module):
         return torch.exp(x)
 
 
+class ShiftScaleReLU(nn.Module):
+    """``relu((x - 0.2)^3)`` (``shift_scale_relu``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu((x - 0.2) ** 3)
+
+
+class ShiftScaleTanh(nn.Module):
+    """``500 tanh(x - 6) + 500`` (``shift_scale_tanh``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x - 6.0) * 500 + 500
+
+
+class ShiftScaleSigmoid(nn.Module):
+    """``4000 sigmoid(x - 8)`` (``shift_scale_sigmoid``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x - 8.0) * 4000
+
+
+class ExpReLU(nn.Module):
+    """``relu(exp(0.1 x) - 1)`` (``exp_relu``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(torch.exp(0.1 * x) - 1)
+
+
+#: Our own element-wise activation modules (attribution rules that work per module, as DeepLIFT's,
+#: must be told about them; PyTorch's own are known).
+CUSTOM_ACTIVATIONS = (Exp, ShiftScaleReLU, ShiftScaleTanh, ShiftScaleSigmoid, ExpReLU)
+
+_MODULES = {
+    "relu": nn.ReLU,
+    "exp": Exp,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,  # log(1 + exp(x)), as Keras' (beta 1; PyTorch's linear above x = 20 agrees to float32)
+    "linear": nn.Identity,
+    "elu": nn.ELU,  # alpha 1, as Keras'
+    "shift_scale_relu": ShiftScaleReLU,
+    "shift_scale_tanh": ShiftScaleTanh,
+    "shift_scale_sigmoid": ShiftScaleSigmoid,
+    "exp_relu": ExpReLU,
+}
+
+
 def make_activation(name: str) -> nn.Module:
-    """``"relu"`` -> :class:`torch.nn.ReLU`, ``"exp"`` -> :class:`Exp`."""
-    if name == "relu":
-        return nn.ReLU()
-    if name == "exp":
-        return Exp()
-    raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    """The module of first-layer activation ``name`` (one of :data:`ACTIVATIONS`)."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return _MODULES[name]()
 
 
 class ConvBlock(nn.Module):
-    """``Conv1d(k, 'same', no bias) -> BatchNorm -> activation``; pooling and dropout are the caller's.
+    """``Conv1d(k, padding 'same' or 'valid', no bias) -> BatchNorm -> activation``; pooling and dropout
+    are the caller's.
 
     The activation module is named ``conv_activation`` (as the reference's Keras layer), so a forward
     hook on it reads the post-activation feature map ``(N, filters, L)``.
     """
 
-    def __init__(self, in_channels: int, filters: int, kernel_size: int, activation: str = "relu"):
+    def __init__(self, in_channels: int, filters: int, kernel_size: int, activation: str = "relu", padding: str = "same"):
         super().__init__()
-        self.conv = nn.Conv1d(in_channels, filters, kernel_size, padding="same", bias=False)
+        self.conv = nn.Conv1d(in_channels, filters, kernel_size, padding=padding, bias=False)
         self.bn = nn.BatchNorm1d(filters, momentum=BN_MOMENTUM, eps=BN_EPS)
         self.conv_activation = make_activation(activation)
 

@@ -55,6 +55,21 @@ def _grid() -> dict[str, ArchSpec]:
 GRID: dict[str, ArchSpec] = _grid()
 
 
+def _architectures() -> tuple[str, ...]:
+    from hybridlens.models.zoo import ZOO
+
+    return (*GRID, *ZOO)
+
+
+#: Every architecture a study may name: the grid's 17 hybrids, then the lab's CNNs (``models.zoo``).
+ARCHITECTURES: tuple[str, ...] = _architectures()
+
+
+def family(name: str) -> str:
+    """The group an architecture is shown in: a hybrid's Stage 1 baseline (C24, C4C6, C4), else ``lab CNNs``."""
+    return GRID[name].baseline if name in GRID else "lab CNNs"
+
+
 @dataclass(frozen=True)
 class Sizes:
     """Layer sizes; the per-task defaults are method.md §1.5 with SPEC's decisions."""
@@ -69,6 +84,7 @@ class Sizes:
     kernel_size: int = 19
     seq_len: int = 200
     init: str = "he"
+    first_pool: int | None = None  # cnn-pool only (models.zoo): its first-layer max-pool size
 
 
 #: One source of size defaults (SPEC: Task 2's attention size is 48 everywhere).
@@ -173,46 +189,57 @@ class Hybrid(nn.Module):
                 m.keep_weights, m.last_weights = False, None
 
 
-def resolve_sizes(task: str, **overrides) -> Sizes:
-    """The task's default sizes with ``overrides`` applied; unknown keys are rejected."""
+def resolve_sizes(task: str, architecture: str | None = None, **overrides) -> Sizes:
+    """The task's default sizes, then ``architecture``'s own (a lab CNN's, :data:`models.zoo.ZOO`), with
+    ``overrides`` applied; unknown keys, and ``first_pool`` for another model than ``cnn-pool``, are
+    rejected."""
+    from hybridlens.models.zoo import ZOO
+
     if task not in TASK_SIZES:
         raise _choices("task", task, TASKS)
     valid = {f.name for f in fields(Sizes)}
     bad = sorted(set(overrides) - valid)
     if bad:
         raise ValueError(f"unknown size override {bad[0]!r}; choose from {', '.join(sorted(valid))}")
-    sizes = replace(TASK_SIZES[task], **overrides)
+    own = dict(ZOO[architecture].defaults) if architecture in ZOO else {}
+    if overrides.get("first_pool") is not None and "first_pool" not in own:
+        raise ValueError(f"first_pool applies to cnn-pool only, not {architecture or 'the hybrids'}")
+    sizes = replace(TASK_SIZES[task], **{**own, **{k: v for k, v in overrides.items() if v is not None or k not in own}})
     if sizes.init not in INITS:
         raise _choices("init", sizes.init, INITS)
     for k, v in asdict(sizes).items():
-        if isinstance(v, int) and v < 1:
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
             raise ValueError(f"size {k} must be a positive integer, got {v}")
     return sizes
 
 
-def build(name: str, task: str, activation: str = "exp", *, seed: int | None = None, **overrides) -> Hybrid:
-    """Build grid architecture ``name`` for ``task`` with first-layer ``activation``.
+def build(name: str, task: str, activation: str = "exp", *, seed: int | None = None, **overrides) -> nn.Module:
+    """Build architecture ``name`` for ``task`` with first-layer ``activation``.
 
     Parameters
     ----------
     name
-        A key of :data:`GRID`, e.g. ``"C4C6-LSTM-Trans2"``.
+        A key of :data:`ARCHITECTURES`: a grid hybrid (:data:`GRID`, e.g. ``"C4C6-LSTM-Trans2"``) or one of
+        the lab's CNNs (:data:`models.zoo.ZOO`, e.g. ``"cnn-pool"``).
     task
         ``"task1"`` or ``"task2"``: picks the default sizes (:data:`TASK_SIZES`).
     activation
-        First-layer activation, ``"exp"`` or ``"relu"``; deeper layers are ReLU.
+        First-layer activation, one of :data:`~hybridlens.models.blocks.ACTIVATIONS` (``"exp"``,
+        ``"relu"``, ...); deeper layers are ReLU.
     seed
         Seeds the weight initialisation (same seed, same initial weights); ``None`` uses torch's
         global generator.
     **overrides
         Any field of :class:`Sizes` (``filters``, ``key_size``, ``init="glorot"``, ...).
     """
-    if name not in GRID:
-        raise _choices("architecture", name, GRID)
+    from hybridlens.models.zoo import ZOO, LabCNN
+
+    if name not in ARCHITECTURES:
+        raise _choices("architecture", name, ARCHITECTURES)
     if activation not in ACTIVATIONS:
         raise _choices("activation", activation, ACTIVATIONS)
-    sizes = resolve_sizes(task, **overrides)
-    model = Hybrid(name, GRID[name], activation, sizes)
+    sizes = resolve_sizes(task, name, **overrides)
+    model = LabCNN(name, activation, sizes) if name in ZOO else Hybrid(name, GRID[name], activation, sizes)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     return initialize(model, sizes.init, gen)
 

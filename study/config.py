@@ -7,10 +7,12 @@ the valid choices, e.g. ``configs/x.yaml: train.epochs: must be >= 1 (got -3)``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,10 +22,13 @@ from hybridlens.analysis.classification import AUC_METHODS
 from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
 from hybridlens.analysis.tasks import TASKS
-from hybridlens.models import GRID, TASK_SIZES
+from hybridlens.models import ARCHITECTURES, GRID, TASK_SIZES
 from hybridlens.models.blocks import ACTIVATIONS
 from hybridlens.study.simulate import BACKGROUNDS
 from hybridlens.study.train import MONITORS, TrainConfig
+
+#: Test sequences a smoke test's attribution methods score (per run and method).
+SMOKE_SEQUENCES = 10
 
 
 class _Strict(BaseModel):
@@ -54,14 +59,39 @@ def _distinct_choices(values: list[str], valid, kind: str) -> list[str]:
 
 
 class GridSection(_Strict):
+    """The grid: architectures x activations x seeds x every axis' values. ``architectures: all`` is the
+    paper's 17 hybrids; the lab's CNNs (``cnn-pool``, ``cnn-local``, ``cnn-dist``) are named. ``axes``
+    maps a setting (``model.filters``, ``train.lr``, ...: :func:`axis_keys`) to its values."""
+
     architectures: Union[Literal["all"], list[str]] = "all"
     activations: list[str] = ["relu", "exp"]
     seeds: Union[int, list[int]] = 10  # an int n means seeds 0..n-1
+    axes: dict[str, list[Any]] = {}
 
     @field_validator("architectures")
     @classmethod
     def _known_archs(cls, v):
-        return v if v == "all" else _distinct_choices(v, GRID, "architecture")
+        return v if v == "all" else _distinct_choices(v, ARCHITECTURES, "architecture")
+
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _axes(cls, v):
+        if not isinstance(v, dict):
+            raise ValueError("must map settings (model.filters, train.lr, ...) to lists of values")
+        problems = []
+        for key, values in v.items():
+            problem = axis_key_problem(key)
+            if problem:
+                problems.append(f"{key}: {problem}")
+            elif not isinstance(values, list) or not values:
+                problems.append(f"{key}: must list at least one value (got {values!r})")
+            else:
+                problems += [f"{key}: {p}" for p in (axis_value_problem(key, x) for x in values) if p]
+                if not any(axis_value_problem(key, x) for x in values) and len({json.dumps(x) for x in values}) != len(values):
+                    problems.append(f"{key}: lists a value twice")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return v
 
     @field_validator("activations")
     @classmethod
@@ -88,6 +118,7 @@ class SizeOverrides(_Strict):
     lstm_units: Optional[int] = Field(default=None, ge=2)
     key_size: Optional[int] = Field(default=None, ge=1)
     dense_units: Optional[int] = Field(default=None, ge=1)
+    first_pool: Optional[int] = Field(default=None, ge=1, le=200)  # cnn-pool's first-layer max-pool
 
 
 class ModelSection(SizeOverrides):
@@ -101,15 +132,17 @@ class ModelSection(SizeOverrides):
     @classmethod
     def _known_archs(cls, v):
         for a in v:
-            if a not in GRID:
-                raise ValueError(f"unknown architecture {a!r}; choose from {', '.join(GRID)}")
+            if a not in ARCHITECTURES:
+                raise ValueError(f"unknown architecture {a!r}; choose from {', '.join(ARCHITECTURES)}")
         return v
 
-    def overrides(self, architecture: str | None = None) -> dict:
-        """Keyword overrides for ``models.build``: the global ones, then ``architecture``'s own."""
+    def overrides(self, architecture: str | None = None, axes: dict | None = None) -> dict:
+        """Keyword overrides for ``models.build``: the global ones, then ``architecture``'s own, then a
+        cell's axis values (``axes``: ``{"model.filters": 16, ...}``)."""
         out = {k: v for k, v in self.model_dump(exclude={"per_architecture"}).items() if v is not None}
         if architecture in self.per_architecture:
             out |= {k: v for k, v in self.per_architecture[architecture].model_dump().items() if v is not None}
+        out |= {k.removeprefix("model."): v for k, v in (axes or {}).items() if k.startswith("model.")}
         return out
 
 
@@ -133,6 +166,91 @@ class TrainSection(_Strict):
         if v is not None and v not in MONITORS:
             raise ValueError(f"unknown metric {v!r}; choose from {', '.join(MONITORS)}")
         return v
+
+
+def axis_keys() -> tuple[str, ...]:
+    """The settings a grid axis or a search dimension may vary: every model size (and ``model.init``)
+    and every training setting."""
+    return (*(f"model.{k}" for k in (*SizeOverrides.model_fields, "init")), *(f"train.{k}" for k in TrainSection.model_fields))
+
+
+def axis_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an axis (None when it can)."""
+    if key not in axis_keys():
+        return f"not a setting a study can vary; choose from {', '.join(axis_keys())}"
+    return None
+
+
+def axis_value_problem(key: str, value) -> str | None:
+    """Why ``value`` is not a valid value of setting ``key`` (None when it is), as the section says it."""
+    section, _, name = key.partition(".")
+    model = {"model": ModelSection if name == "init" else SizeOverrides, "train": TrainSection}[section]
+    if value is None and not (section == "train" and name == "early_stopping_patience"):
+        return "null is not a value (list values only)"
+    try:
+        model.model_validate({name: value})
+    except ValidationError as e:
+        return f"{value!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}"
+    return None
+
+
+#: Ray Tune's sampling functions a ``search.space`` entry may name, with their arguments.
+DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
+
+
+class SearchSection(_Strict):
+    """Ray Tune's own sampling over the same settings as ``grid.axes``: each dimension one of
+    ``{uniform: [low, high]}``, ``{loguniform: [low, high]}``, ``{randint: [low, high]}`` (high excluded,
+    as Ray's) or ``{choice: [values]}``; ``num_samples`` draws per grid cell, reproducible from ``seed``.
+    ``scheduler: asha`` stops poor trials early on the monitored metric (Ray Tune's ASHA, rungs every
+    ``grace_period`` x ``reduction_factor``^k epochs); a run it stops is recorded as stopped, never as
+    finished, and stays out of the best-k selection."""
+
+    num_samples: int = Field(ge=1)
+    seed: int = Field(default=0, ge=0)
+    space: dict[str, dict[str, list[Any]]]
+    scheduler: Literal["none", "asha"] = "none"
+    grace_period: int = Field(default=1, ge=1)
+    reduction_factor: float = Field(default=3.0, gt=1)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space(cls, v):
+        if not isinstance(v, dict) or not v:
+            raise ValueError("must map at least one setting to a distribution, e.g. train.lr: {loguniform: [1e-4, 1e-2]}")
+        problems = []
+        for key, dist in v.items():
+            problem = axis_key_problem(key) or _distribution_problem(key, dist)
+            if problem:
+                problems.append(f"{key}: {problem}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return v
+
+
+def _distribution_problem(key: str, dist) -> str | None:
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+        return f"must be one of {', '.join(f'{{{d}: [...]}}' for d in DISTRIBUTIONS)} (got {dist!r})"
+    ((kind, args),) = dist.items()
+    if not isinstance(args, list) or not args:
+        return f"{kind} takes a list (got {args!r})"
+    if kind == "choice":
+        return next((p for p in (axis_value_problem(key, x) for x in args) if p), None)
+    if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        return f"{kind} takes [low, high] numbers (got {args!r})"
+    low, high = args
+    if not low < high:
+        return f"{kind} needs low < high (got {args!r})"
+    if kind == "loguniform" and low <= 0:
+        return f"loguniform needs low > 0 (got {low})"
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        return f"randint takes whole numbers (got {args!r})"
+    if kind != "randint":  # a continuous draw of a whole-number setting would fail in the trial
+        probe = axis_value_problem(key, low + (high - low) * 0.5 + (high - low) * 1e-3 * math.pi)
+        if probe and "integer" in probe:
+            return f"{key} takes whole numbers: draw it with randint or choice, not {kind}"
+    sample = low if kind == "randint" else float(low)
+    return axis_value_problem(key, sample) or axis_value_problem(key, high - 1 if kind == "randint" else float(high))
 
 
 class ResourcesSection(_Strict):
@@ -194,6 +312,34 @@ class StudyConfig(_Strict):
     ray: RaySection = RaySection()
     analysis: AnalysisSection = AnalysisSection()
     faults: list[Fault] = []
+    search: Optional[SearchSection] = None
+
+    @model_validator(mode="after")
+    def _axes_fit(self):
+        problems = []
+        for key in self.grid.axes:
+            section, _, name = key.partition(".")
+            if getattr(getattr(self, section), name, None) not in (None, getattr(type(getattr(self, section))(), name, None)):
+                problems.append(f"grid.axes.{key}: {key} is also set in {section}; set it in one place")
+        if self.search is not None:
+            problems += [
+                f"search.space.{k}: {k} is also a grid axis; vary it in one place"
+                for k in self.search.space
+                if k in self.grid.axes
+            ]
+            if self.resources.models_per_trial != 1:
+                problems.append("search: a search trains one model per trial; set resources.models_per_trial: 1")
+            if self.search.scheduler == "asha" and "train.monitor" in {*self.grid.axes, *self.search.space}:
+                problems.append("search.scheduler: ASHA ranks every trial on one metric; do not vary train.monitor with it")
+        pooled = ("model.first_pool" in self.grid.axes or self.model.first_pool is not None
+                  or (self.search is not None and "model.first_pool" in self.search.space))  # fmt: skip
+        others = [a for a in self.grid.architecture_names() if a != "cnn-pool"]
+        if pooled and others:
+            problems.append(f"model.first_pool: applies to cnn-pool only, not {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}; "
+                            "set it under model.per_architecture.cnn-pool, or list cnn-pool alone")  # fmt: skip
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _task_defaults(self):
@@ -209,37 +355,74 @@ class StudyConfig(_Strict):
         return self
 
     # ------------------------------------------------------------------------------------ derived
+    def axis_values(self) -> list[dict]:
+        """Every combination of the grid's axis values, as ``{"model.filters": 16, ...}`` (``[{}]``
+        without axes), in the order the config lists them."""
+        keys = list(self.grid.axes)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.grid.axes[k] for k in keys))]
+
     def cells(self) -> list[dict]:
-        """The grid: one dict per (architecture, activation, seed) cell."""
+        """The grid: one dict per (architecture, activation, axis values, seed) cell; ``axes`` is there
+        only when the grid has axes."""
         return [
-            {"architecture": a, "activation": act, "seed": s}
+            {"architecture": a, "activation": act, "seed": s, **({"axes": axes} if axes else {})}
             for a in self.grid.architecture_names()
+            for axes in self.axis_values()
             for act in self.grid.activations
             for s in self.grid.seeds
         ]
 
+    @staticmethod
+    def pack_key(cell: dict) -> tuple:
+        """What cells must share to share a pack (one stacked module, one batch order per step): the
+        architecture, every model axis and the batch size; other training axes (rates, patience,
+        epochs) a pack's members keep each their own."""
+        axes = cell.get("axes", {})
+        shared = {k: v for k, v in axes.items() if k.startswith("model.") or k in ("train.batch_size", "train.cuda_graph")}
+        return cell["architecture"], json.dumps(shared, sort_keys=True)
+
     def packs(self) -> list[list[dict]]:
-        """The Ray Tune trials: the cells of each architecture, in grid order, in packs of
-        ``resources.models_per_trial`` (the last pack of an architecture may be smaller)."""
+        """The Ray Tune trials: the cells of each :meth:`pack_key`, in grid order, in packs of
+        ``resources.models_per_trial`` (the last pack of a key may be smaller)."""
         size = self.resources.models_per_trial
-        out = []
-        for arch in self.grid.architecture_names():
-            cells = [c for c in self.cells() if c["architecture"] == arch]
-            out += [cells[i : i + size] for i in range(0, len(cells), size)]
-        return out
+        groups: dict[tuple, list[dict]] = {}
+        for c in self.cells():
+            groups.setdefault(self.pack_key(c), []).append(c)
+        return [cells[i : i + size] for cells in groups.values() for i in range(0, len(cells), size)]
+
+    def size_factors(self) -> list[tuple[int, str]]:
+        """The grid's factors, ``(count, what)``: architectures, activations, seeds, then each axis."""
+        g = self.grid
+        out = [(len(g.architecture_names()), "architectures"), (len(g.activations), "activations"), (len(g.seeds), "seeds")]
+        return out + [(len(v), k) for k, v in g.axes.items()]
 
     def num_cells(self) -> int:
         """``len(self.cells())``, without building them (pre-flight on a huge grid)."""
-        return len(self.grid.architecture_names()) * len(self.grid.activations) * len(self.grid.seeds)
+        return math.prod(n for n, _ in self.size_factors())
 
     def num_packs(self) -> int:
         """``len(self.packs())``, without building them."""
-        per_arch = len(self.grid.activations) * len(self.grid.seeds)
-        return len(self.grid.architecture_names()) * -(-per_arch // self.resources.models_per_trial)
+        g = self.grid
+        grouping = [len(v) for k, v in g.axes.items() if k.startswith("model.") or k in ("train.batch_size", "train.cuda_graph")]
+        per_key = self.num_cells() // (len(g.architecture_names()) * math.prod(grouping))
+        return len(g.architecture_names()) * math.prod(grouping) * -(-per_key // self.resources.models_per_trial)
 
-    def train_config(self, seed: int) -> TrainConfig:
-        """The trainer's settings for one cell: the validated ``train`` section and the cell's seed."""
-        return TrainConfig(**self.train.model_dump(), seed=seed)
+    def num_samples(self) -> int:
+        """Ray Tune's ``num_samples``: draws per grid cell of a search, else 1."""
+        return self.search.num_samples if self.search else 1
+
+    def train_config(self, seed: int, axes: dict | None = None) -> TrainConfig:
+        """The trainer's settings for one cell: the validated ``train`` section, the cell's training
+        axis values and its seed."""
+        train = self.train.model_dump() | {k.removeprefix("train."): v for k, v in (axes or {}).items() if k.startswith("train.")}
+        return TrainConfig(**train, seed=seed)
+
+    def cell_overrides(self, cell: dict) -> dict:
+        """A cell's keyword overrides for ``models.build``: the model section's, then its axis values."""
+        return self.model.overrides(cell["architecture"], cell.get("axes"))
+
+    def cell_train(self, cell: dict) -> TrainConfig:
+        return self.train_config(cell["seed"], cell.get("axes"))
 
     def resolved(self) -> dict:
         """Every setting with defaults filled in (what runs write next to their outputs)."""
@@ -257,14 +440,25 @@ class StudyConfig(_Strict):
 
     def smoke(self) -> "StudyConfig":
         """The same study shrunk for a fast check (Ray Tune's ``--smoke-test``): the first two
-        architectures, one seed, 2 epochs, 600 sequences."""
+        architectures, one seed, each axis' first and last values, at most 2 samples of a search, 2 epochs,
+        600 sequences, attributions on at most :data:`SMOKE_SEQUENCES` sequences."""
         data = self.data if self.data.path else self.data.model_copy(update={"num_seqs": 600})
         return self.model_copy(
             update={
                 "name": f"{self.name}-smoke",
                 "data": data,
-                "grid": self.grid.model_copy(update={"architectures": self.grid.architecture_names()[:2], "seeds": [0]}),
+                "grid": self.grid.model_copy(
+                    update={
+                        "architectures": self.grid.architecture_names()[:2],
+                        "seeds": [0],
+                        "axes": {k: list(dict.fromkeys([v[0], v[-1]])) for k, v in self.grid.axes.items()},
+                    }
+                ),
+                "search": self.search.model_copy(update={"num_samples": min(2, self.search.num_samples)})
+                if self.search
+                else None,
                 "train": self.train.model_copy(update={"epochs": 2}),
+                "analysis": self.analysis.model_copy(update={"max_sequences": min(self.analysis.max_sequences, SMOKE_SEQUENCES)}),
             }
         )
 
@@ -277,7 +471,8 @@ def settings_from_resolved(resolved: dict) -> dict:
 
 
 def _format_error(source: str, err: ValidationError) -> str:
-    """Every problem of ``err``, each with its key path: ``source: a.b: problem; c: problem``."""
+    """Every problem of ``err``, each with its key path: ``source: a.b: problem`` for one, else
+    ``source: N mistakes:`` and one indented line per mistake."""
     problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -291,8 +486,21 @@ def _format_error(source: str, err: ValidationError) -> str:
             msg = f"unknown key; valid keys here: {', '.join(model.model_fields)}"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        problems.append(f"{loc}: {msg.removeprefix('Value error, ')}")
-    return f"{source}: " + "; ".join(problems)
+        msg = msg.removeprefix("Value error, ")
+        if e["type"] == "value_error":  # a validator's problems, a line each, "key: problem" where keyed
+            for line in msg.splitlines():
+                key = line.split(": ", 1)[0]
+                if loc == "(top level)":
+                    problems.append(line)
+                elif key.partition(".")[0] in ("model", "train") and " " not in key:
+                    problems.append(f"{loc}.{line}")
+                else:
+                    problems.append(f"{loc}: {line}")
+        else:
+            problems.append(f"{loc}: {msg}")
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    return f"{source}: {len(problems)} mistakes:\n" + "\n".join(f"  {p}" for p in problems)
 
 
 def parse_config(raw: dict, source: str = "config") -> StudyConfig:

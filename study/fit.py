@@ -13,7 +13,7 @@ from hybridlens.analysis.errors import UserError
 from hybridlens.study import tracking
 from hybridlens.study.config import StudyConfig
 from hybridlens.study.launches import Echo, Launch, LaunchSummary, close_launch
-from hybridlens.study.trainable import Site, train_trial
+from hybridlens.study.trainable import ENDED, MONITOR, Site, train_trial, trial_cells
 
 # Ray Tune's legacy reporter honours verbose=0 (the new one prints a header box and footer regardless);
 # the progress callback below prints one line per trial instead.
@@ -50,10 +50,10 @@ def _init_ray(cfg: StudyConfig, address: str | None) -> None:
 
 
 def _pack_cells(trial) -> list[str]:
-    return [layout.cell_name(**cell) for cell in trial.config["packs"][trial.config["pack"]]]
+    return [layout.cell_name(**cell) for cell in trial_cells(trial.config)]
 
 
-def _progress_callback(echo: Echo, total: int):
+def _progress_callback(echo: Echo, total: int, launch: Launch):
     from ray import tune
 
     class Progress(tune.Callback):
@@ -87,6 +87,17 @@ def _progress_callback(echo: Echo, total: int):
                     f"{_pack_cells(trial)[0]} at epoch {result.get('epoch')}"
                 )
 
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if (trial.last_result or {}).get(ENDED):
+                return
+            # the scheduler stopped it (ASHA): its runs end KILLED, outcome stopped, never finished
+            for name in _mark_stopped(launch, trial):
+                if name not in self.ended:
+                    self.ended.add(name)
+                    echo(
+                        f"  [{len(self.ended)}/{total}] {name}: stopped by the scheduler at epoch {trial.last_result.get('epoch')}"
+                    )
+
         def on_trial_error(self, iteration, trials, trial, **info):
             self.errors += 1
             for name in _pack_cells(trial):
@@ -95,6 +106,25 @@ def _progress_callback(echo: Echo, total: int):
                     echo(f"  [{len(self.ended)}/{total}] {name}: FAILED: {_last_error_line(trial)}")
 
     return Progress()
+
+
+def _mark_stopped(launch: Launch, trial) -> list[str]:
+    """End the child runs of a trial the scheduler stopped: KILLED, outcome ``stopped``, tagged with the
+    epoch it reached; and record the trial as ended for a resume. Returns the cells' names."""
+    from hybridlens.analysis import runs as mlruns
+    from hybridlens.study.checkpoints import CheckpointStore
+
+    c = mlruns.client(launch.tracking_uri)
+    names = _pack_cells(trial)
+    for name in names:
+        run_id = tracking.find_trial_run(c, launch.experiment_id, launch.parent_run_id, trial.trial_id, name)
+        if run_id is not None and c.get_run(run_id).info.status == "RUNNING":
+            c.set_tag(run_id, layout.TAG_OUTCOME, layout.OUTCOME_STOPPED)
+            c.set_tag(run_id, layout.TAG_STOPPED_AT, str(trial.last_result.get("epoch")))
+            c.set_terminated(run_id, "KILLED")
+    store = CheckpointStore(Path(launch.workdir) / "checkpoints" / launch.ray_experiment / trial.trial_id)
+    store.finish({"epoch": trial.last_result.get("epoch"), "cells": names, "stopped_by_scheduler": True})
+    return names
 
 
 def _last_error_line(trial) -> str:
@@ -134,7 +164,46 @@ def _run_config(cfg: StudyConfig, launch: Launch, echo: Echo, total: int):
         storage_path=launch.storage_path,
         failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
         verbose=0,
-        callbacks=[_progress_callback(echo, total)],
+        callbacks=[_progress_callback(echo, total, launch)],
+    )
+
+
+def _sampler(kind: str, args: list):
+    """Ray Tune's sampling function for a ``search.space`` entry."""
+    from ray import tune
+
+    if kind == "choice":
+        return tune.choice(args)
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*args)
+
+
+def _tune_config(cfg: StudyConfig):
+    """The grid (a grid search over the packs), or with ``search``: Ray Tune's own sampling, ``num_samples``
+    draws per pack from a seeded generator, and ASHA when asked."""
+    from ray import tune
+
+    if cfg.search is None:
+        return tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent, reuse_actors=True)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    scheduler = None
+    if cfg.search.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric=MONITOR,
+            mode=cfg.train_config(0).mode,
+            max_t=cfg.train.epochs,
+            grace_period=cfg.search.grace_period,
+            reduction_factor=cfg.search.reduction_factor,
+        )
+    return tune.TuneConfig(
+        max_concurrent_trials=cfg.resources.max_concurrent,
+        reuse_actors=True,
+        num_samples=cfg.search.num_samples,
+        search_alg=BasicVariantGenerator(random_state=cfg.search.seed),
+        scheduler=scheduler,
     )
 
 
@@ -194,7 +263,7 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_fa
     signals = _Signals()
     try:
         _init_ray(cfg, launch.ray_address)
-        total = len(cfg.cells())
+        total = cfg.num_cells() * cfg.num_samples()
         if restore:
             tuner = tune.Tuner.restore(
                 launch.experiment_path, trainable=_trainable(cfg, launch), resume_unfinished=True, resume_errored=retry_failed
@@ -206,10 +275,12 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_fa
                 "packs": packs,
                 "study": cfg.model_dump(mode="json"),
             }
+            if cfg.search is not None:  # Ray Tune draws each trial's values
+                param_space["sample"] = {k: _sampler(*next(iter(d.items()))) for k, d in cfg.search.space.items()}
             tuner = tune.Tuner(
                 _trainable(cfg, launch),
                 param_space=param_space,
-                tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent, reuse_actors=True),
+                tune_config=_tune_config(cfg),
                 run_config=_run_config(cfg, launch, echo, total),
             )
         with signals, _quiet_ray_tune():

@@ -122,6 +122,7 @@ class LaunchSummary:
     killed: int
     diverged: int
     failures: dict[str, str] = field(default_factory=dict)  # cell -> error, for cells that failed (not diverged)
+    stopped: int = 0  # runs a search's scheduler stopped early (ended, not killed)
     interrupted: bool = False  # a stop signal (Ctrl+C, SIGTERM) ended the fit
     analysis: object | None = None  # hybridlens.analysis.report.AnalysisResult, once analysed
 
@@ -137,6 +138,7 @@ class LaunchSummary:
         n, w = _shell_arg(self.launch.name), _shell_arg(self.launch.workdir)
         resume = f"'hybridlens resume {w} --study {n}'"
         counts = f"{self.finished} finished, {self.failed} failed, {self.diverged} diverged, {self.killed} killed"
+        counts += f", {self.stopped} stopped by the scheduler" if self.stopped else ""
         if self.interrupted or not self.complete:
             return f"study {n} interrupted: {counts}; resume with {resume}"
         if self.failures:
@@ -283,11 +285,19 @@ def close_launch(launch: Launch, cfg: "StudyConfig", echo: Echo) -> LaunchSummar
     runs = mlruns.child_runs(c, launch.experiment_id, launch.parent_run_id)
     killed = set(mark_unfinished(c, runs, "KILLED"))
     status = {r.info.run_id: "KILLED" if r.info.run_id in killed else r.info.status for r in runs}
-    ended = {r.data.tags.get(layout.TAG_RUN_NAME) for r in runs if status[r.info.run_id] in ("FINISHED", "FAILED")}
-    complete = {layout.cell_name(**cell) for cell in cfg.cells()} <= ended
+    stopped = {r.info.run_id for r in runs if r.data.tags.get(layout.TAG_OUTCOME) == layout.OUTCOME_STOPPED}
+    ended_runs = [r for r in runs if status[r.info.run_id] in ("FINISHED", "FAILED") or r.info.run_id in stopped]
+    if cfg.search is None:
+        complete = {layout.cell_name(**cell) for cell in cfg.cells()} <= {
+            r.data.tags.get(layout.TAG_RUN_NAME) for r in ended_runs
+        }
+    else:  # each trial draws its own values: its cells' names are known only once it ran
+        complete = len(ended_runs) >= cfg.num_cells() * cfg.num_samples()
     counts = {s.lower(): sum(v == s for v in status.values()) for s in ("FINISHED", "FAILED", "KILLED")}
     counts["diverged"] = sum(r.data.tags.get(layout.TAG_OUTCOME) == "diverged" for r in runs)
     counts["failed"] -= counts["diverged"]  # a diverged run ends FAILED in MLflow, but it is a result, not a failure
+    counts["stopped"] = len(stopped)
+    counts["killed"] -= len(stopped)  # KILLED in MLflow, but ended by the search's scheduler
     failures = {
         r.data.tags.get(layout.TAG_RUN_NAME, r.info.run_id): r.data.tags.get(layout.TAG_ERROR, "see its MLflow run")
         for r in runs

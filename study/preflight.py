@@ -61,26 +61,31 @@ def check_resources(cfg: StudyConfig, ray_address: str | None, *, smoke_test: bo
 MAX_CELLS_UNCONFIRMED = 10_000
 
 
+def _factors(cfg: StudyConfig) -> str:
+    """``3 architectures x 2 activations x 10 seeds x 6 model.first_pool``."""
+    return " x ".join(f"{n:,} {what}" for n, what in cfg.size_factors())
+
+
 def grid_size_line(cfg: StudyConfig) -> str:
     """The launch's size, printed once pre-flight has passed: cells, their factors, trials, epochs."""
-    g = cfg.grid
     cells, trials, per = cfg.num_cells(), cfg.num_packs(), cfg.resources.models_per_trial
+    samples = cfg.num_samples()
     return (
-        f"study {cfg.name}: {cells:,} grid cells ({len(g.architecture_names())} architectures x "
-        f"{len(g.activations)} activations x {len(g.seeds):,} seeds)"
+        f"study {cfg.name}: {cells:,} grid cells ({_factors(cfg)})"
+        + (f" x {samples:,} samples = {cells * samples:,} trials" if cfg.search else "")
         + (f" in {trials:,} trials of up to {per} models" if per > 1 else "")
         + f", {cfg.train.epochs} epochs max"
     )
 
 
 def check_grid_size(cfg: StudyConfig, *, yes: bool) -> None:
-    """Refuse a grid above :data:`MAX_CELLS_UNCONFIRMED` cells unless ``yes``."""
-    if cfg.num_cells() > MAX_CELLS_UNCONFIRMED and not yes:
-        g = cfg.grid
+    """Refuse a grid (times a search's samples) above :data:`MAX_CELLS_UNCONFIRMED` cells unless ``yes``."""
+    total = cfg.num_cells() * cfg.num_samples()
+    if total > MAX_CELLS_UNCONFIRMED and not yes:
+        samples = f" x {cfg.num_samples():,} samples" if cfg.search else ""
         raise UserError(
-            f"the grid has {cfg.num_cells():,} cells ({len(g.architecture_names())} architectures x "
-            f"{len(g.activations)} activations x {len(g.seeds):,} seeds), more than {MAX_CELLS_UNCONFIRMED:,}; "
-            "check grid.seeds and grid.architectures, or pass --yes to launch it"
+            f"the grid has {total:,} cells ({_factors(cfg)}{samples}), more than {MAX_CELLS_UNCONFIRMED:,}; "
+            "check grid.seeds, grid.architectures, grid.axes and search.num_samples, or pass --yes to launch it"
         )
 
 
@@ -127,7 +132,7 @@ def check_dataset(cfg: StudyConfig, path: Path) -> None:
         raise UserError(f"dataset {path} has {ds.num_outputs} labels but {cfg.task} expects {expected}")
     length = ds.train.x.shape[2]
     for arch in cfg.grid.architecture_names():
-        want = resolve_sizes(cfg.task, **cfg.model.overrides(arch)).seq_len
+        want = resolve_sizes(cfg.task, arch, **cfg.model.overrides(arch)).seq_len
         if length != want:
             raise UserError(
                 f"dataset {path} has sequences of length {length} but the models take {want} "

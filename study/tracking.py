@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 from hybridlens.analysis.mlflow_layout import (
+    AXES_PARAM,
     DATASET_DIGEST_CHARS,
     EXPERIMENT_KIND_TRAINING,
     TAG_ARTIFACTS_BESIDE_STORE,
@@ -30,6 +32,7 @@ from hybridlens.analysis.mlflow_layout import (
     TAG_RUN_NAME,
     TAG_STUDY,
     TAG_TRIAL,
+    axis_value_text,
 )
 from hybridlens.analysis.runs import child_runs, client
 
@@ -208,6 +211,8 @@ def runs_table(uri: str, experiment_id: str, parent_run_id: str) -> str:
     def num(m: dict, key: str) -> str:
         return f"{m[key]:.3f}" if key in m else "-"
 
+    axes = {r.info.run_id: json.loads(r.data.params.get(AXES_PARAM, "{}")) for r in runs}
+    axis_keys = list(dict.fromkeys(k for a in axes.values() for k in a))  # each axis a column, short-named
     rows = []
     for r in runs:
         p, m, t = r.data.params, r.data.metrics, r.data.tags
@@ -215,6 +220,7 @@ def runs_table(uri: str, experiment_id: str, parent_run_id: str) -> str:
             [
                 p.get("architecture", "?"),
                 p.get("activation", "?"),
+                *(axis_value_text(axes[r.info.run_id][k]) if k in axes[r.info.run_id] else "-" for k in axis_keys),
                 p.get("seed", "?"),
                 r.info.run_id[:8],
                 r.info.status,
@@ -226,10 +232,19 @@ def runs_table(uri: str, experiment_id: str, parent_run_id: str) -> str:
                 *(num(m, k) for k in analysis),
             ]
         )
-    rows.sort(key=lambda r: (r[0], r[1], int(r[2]) if str(r[2]).isdigit() else 0))
+    n = len(axis_keys)
+
+    def order(text) -> tuple:  # axis values numerically where they are numbers
+        try:
+            return 0, float(text), ""
+        except ValueError:
+            return 1, 0.0, str(text)
+
+    rows.sort(key=lambda r: (r[0], r[1], *map(order, r[2 : 2 + n]), int(r[2 + n]) if str(r[2 + n]).isdigit() else 0))
     head = [
         "architecture",
         "activation",
+        *(k.split(".", 1)[-1] for k in axis_keys),
         "seed",
         "run",
         "status",

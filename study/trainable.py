@@ -32,6 +32,12 @@ from hybridlens.analysis import runs as mlruns
 from hybridlens.study import tracking
 from hybridlens.study.config import StudyConfig, parse_config
 
+#: A report key: the trial ended by itself (every cell closed); a trial that ends without it was stopped
+#: by the scheduler (Ray's own ``done`` is set for both).
+ENDED = "hybridlens_ended"
+#: A report key: the trial's monitored metric at its latest epoch (a scheduler's ranking).
+MONITOR = "monitor"
+
 
 @dataclass(frozen=True)
 class Site:
@@ -77,15 +83,31 @@ def _device(cfg: StudyConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def trial_cells(config: dict) -> list[dict]:
+    """The cells a trial trains: its pack's, each with the values a search (``config["sample"]``, Ray
+    Tune's draws) gave this trial among its axis values."""
+    cells = config["packs"][config["pack"]]
+    sample = {k: v.item() if hasattr(v, "item") else v for k, v in (config.get("sample") or {}).items()}
+    if not sample:
+        return cells
+    return [{**c, "axes": {**c.get("axes", {}), **sample}} for c in cells]
+
+
 def trial_params(cfg: StudyConfig, cell: dict, dataset_hash: str) -> dict:
-    """Every parameter a child run records: the cell, the task, sizes and training hyperparameters."""
+    """Every parameter a child run records: the cell (its axis values too), the task, sizes and
+    training hyperparameters."""
     from dataclasses import asdict
 
     from hybridlens.models import resolve_sizes
 
-    sizes = asdict(resolve_sizes(cfg.task, **cfg.model.overrides(cell["architecture"])))
-    train = asdict(cfg.train_config(cell["seed"]))
-    return {**cell, "task": cfg.task, **sizes, **train, "dataset_hash": dataset_hash}
+    sizes = asdict(resolve_sizes(cfg.task, cell["architecture"], **cfg.cell_overrides(cell)))
+    train = asdict(cfg.cell_train(cell))
+    axes = cell.get("axes") or {}
+    ids = {k: v for k, v in cell.items() if k != "axes"}
+    if axes:  # the cell's axis values: one param with all of them (JSON), and each under its own name
+        ids |= {layout.AXES_PARAM: json.dumps(axes), **axes}  # in the config's order, as the run name
+    sizes = {k: v for k, v in sizes.items() if v is not None}
+    return {**ids, "task": cfg.task, **sizes, **train, "dataset_hash": dataset_hash}
 
 
 class InjectedFault(RuntimeError):
@@ -252,8 +274,8 @@ def _setup(cfg: StudyConfig, cells: list[dict], data_path: str, device: torch.de
     for cell in cells:
         seed_everything(cell["seed"])
         arch = cell["architecture"]
-        model = build(arch, cfg.task, cell["activation"], seed=cell["seed"], **cfg.model.overrides(arch))
-        pack.add(Trainer(model, data, cfg.train_config(cell["seed"])))
+        model = build(arch, cfg.task, cell["activation"], seed=cell["seed"], **cfg.cell_overrides(cell))
+        pack.add(Trainer(model, data, cfg.cell_train(cell)))
     rng = torch.get_rng_state()
     with torch.no_grad():
         for m in pack.members:
@@ -281,7 +303,7 @@ def _fail_deterministically(c, site: Site, trial_id: str, cfg: StudyConfig, cell
         c.set_tag(run_id, layout.TAG_ERROR, why)
         c.set_terminated(run_id, "FAILED")
         events.append([layout.cell_name(**cell), f"FAILED: {why}"])
-    tune.report({"epoch": 0, "events": events, "done": 1})
+    tune.report({"epoch": 0, "events": events, "done": 1, ENDED: 1})
 
 
 def train_trial(config: dict, site: Site) -> None:
@@ -292,11 +314,11 @@ def train_trial(config: dict, site: Site) -> None:
 
     start = time.monotonic()
     cfg = parse_config(config["study"], "study config")
-    cells = config["packs"][config["pack"]]
+    cells = trial_cells(config)
     trial_id = tune.get_context().get_trial_id()
     store = site.checkpoints(trial_id)
     if store.done() is not None:  # ended and closed every cell before (Ray restarted it)
-        tune.report({"epoch": 0, "events": [], "done": 1})
+        tune.report({"epoch": 0, "events": [], "done": 1, ENDED: 1})
         return
     device = _device(cfg)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))
@@ -327,6 +349,7 @@ def train_trial(config: dict, site: Site) -> None:
     for cell, cl in zip(cells, closed):
         run_id = c.call(_open_child_run, c, site, trial_id, cfg, cell, ds.content_hash, reopen=not cl, inputs=inputs)
         members.append(_Cell(cell, run_id, tracking.TrialLogger(c, run_id)))
+    latest: dict[int, float] = {}  # each member's monitored value at its latest epoch
     try:
         epoch = max(m.trainer.epoch for m in pack.members)
 
@@ -344,13 +367,16 @@ def train_trial(config: dict, site: Site) -> None:
             events = close_ended()
             if pack.done:
                 store.finish({"epoch": epoch, "cells": [layout.cell_name(**cell) for cell in cells]})
-                tune.report({"epoch": epoch, "events": events, "done": 1, "tracking_retries": c.retries})
+                tune.report({"epoch": epoch, "events": events, "done": 1, ENDED: 1, "tracking_retries": c.retries})
                 return
             for i, (member, m) in enumerate(zip(pack.members, members)):
                 if member.active and any(f.effect == "nan" and f.epoch == epoch + 1 and f.matches(m.cell) for f in cfg.faults):
                     pack.fill_nan(i)
             results = pack.step()
             epoch += 1
+            for mb, r in zip(pack.members, results):
+                if isinstance(r, dict):
+                    latest[id(mb)] = r[mb.trainer.config.monitor]
             for m, r in zip(members, results):
                 if isinstance(r, dict):
                     m.pending.append((r["epoch"], {k: v for k, v in r.items() if k not in ("epoch", "best_epoch")}))
@@ -373,6 +399,8 @@ def train_trial(config: dict, site: Site) -> None:
                         "active": sum(mb.active for mb in pack.members),
                         "tracking_retries": c.retries,
                         "note": pack.note or "",
+                        # the first member's latest monitored value: what a scheduler (ASHA) ranks trials on
+                        MONITOR: latest.get(id(pack.members[0]), float("nan")),
                     }
                 )
             for member, m in zip(pack.members, members):

@@ -72,3 +72,36 @@ def test_glorot_lstm_init_is_keras_whole_kernels():
     initialize(he, "he", torch.Generator().manual_seed(0))
     for gate in he.weight_hh_l0.chunk(4):  # the He scheme keeps an orthogonal matrix per gate
         torch.testing.assert_close(gate.T @ gate, torch.eye(16), atol=1e-5, rtol=0)
+
+
+def test_first_layer_activations_by_hand():
+    """Each activation at a few points, computed by hand from the released code's definitions
+    (tfomics' utils.activation_fn; Keras' built-ins for the others)."""
+    import math
+
+    import pytest
+
+    from hybridlens.models.blocks import ACTIVATIONS, make_activation
+
+    x = [-2.0, 0.0, 0.5, 3.0]
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    expected = {
+        "relu": [0, 0, 0.5, 3],
+        "exp": [math.exp(v) for v in x],
+        "sigmoid": [sig(v) for v in x],
+        "tanh": [math.tanh(v) for v in x],
+        "softplus": [math.log(1 + math.exp(v)) for v in x],
+        "linear": x,
+        "elu": [math.exp(-2) - 1, 0, 0.5, 3],
+        "shift_scale_relu": [0, 0, 0.3**3, 2.8**3],  # relu((x - 0.2)^3): (-2.2)^3 and (-0.2)^3 are negative
+        "shift_scale_tanh": [500 * math.tanh(v - 6) + 500 for v in x],
+        "shift_scale_sigmoid": [4000 * sig(v - 8) for v in x],
+        "exp_relu": [0, 0, math.exp(0.05) - 1, math.exp(0.3) - 1],  # relu(exp(0.1 x) - 1)
+    }
+    assert set(expected) == set(ACTIVATIONS) and len(ACTIVATIONS) == 11
+    t = torch.tensor(x, dtype=torch.float64)
+    for name, want in expected.items():
+        got = make_activation(name)(t).tolist()
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-12), name
+    with pytest.raises(ValueError, match="unknown activation 'swish'; choose one of relu, exp, sigmoid"):
+        make_activation("swish")

@@ -1,5 +1,6 @@
 """Study configs: the shipped files load; bad configs fail with the key path and the valid choices."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hybridlens.analysis.errors import UserError
 from hybridlens.study.config import load_config, parse_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -47,7 +49,7 @@ def test_smoke_shrinks_the_same_study():
         ({"trian": {}}, "trian: unknown key; valid keys here: name, task, data, grid"),
         ({"train": {"epoch": 3}}, "train.epoch: unknown key; valid keys here: epochs, batch_size"),
         ({"grid": {"architectures": ["C24", "C5"]}}, "grid.architectures: unknown architecture 'C5'; choose from C24, C24-Att"),
-        ({"grid": {"activations": ["tanh"]}}, "grid.activations: unknown activation 'tanh'; choose from relu, exp"),
+        ({"grid": {"activations": ["swish"]}}, "grid.activations: unknown activation 'swish'; choose from relu, exp, sigmoid"),
         ({"train": {"epochs": -3}}, "train.epochs: Input should be greater than or equal to 1"),
         ({"train": {"monitor": "val_acc"}}, "train.monitor: unknown metric 'val_acc'; choose from val_auroc"),
         ({"task": "task3"}, "task: Input should be 'task1' or 'task2'"),
@@ -167,14 +169,13 @@ def test_cli_lists_every_mistake_of_a_config(tmp_path):
         timeout=120,
     )
     assert r.returncode == 2
-    (line,) = r.stderr.strip().splitlines()
-    assert line.startswith(f"hybridlens: error: {cfg}: ")
-    for problem in (
-        "grid.seeds: must be >= 1 (got 0)",
-        "train.epochs: Input should be greater than or equal to 1",
-        "train.lr: Input should be greater than 0",
-    ):
-        assert problem in line
+    head, *lines = r.stderr.strip().splitlines()
+    assert head == f"hybridlens: error: {cfg}: 3 mistakes:"  # then one line per mistake
+    assert lines == [
+        "  grid.seeds: must be >= 1 (got 0)",
+        "  train.epochs: Input should be greater than or equal to 1",
+        "  train.lr: Input should be greater than 0",
+    ]
 
 
 def test_cli_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):
@@ -209,3 +210,83 @@ def test_resolved_config_round_trips():
         cfg = load_config(path).smoke()
         again = parse_config(settings_from_resolved(yaml.safe_load(yaml.safe_dump(cfg.resolved(), sort_keys=False))))
         assert again == cfg and again.config_hash() == cfg.config_hash()
+
+
+def _axes_cfg(**extra):
+    grid = {"architectures": ["cnn-pool"], "activations": ["relu", "exp"], "seeds": 2}
+    return {"name": "x", "task": "task1", "grid": {**grid, **extra.pop("grid", {})}, **extra}
+
+
+def test_axes_make_cells_with_their_values_and_packs_that_can_share():
+    """Every combination x architectures x activations x seeds is a cell; the cell's build overrides
+    and training settings carry its values; packs group cells that can share a stacked step (the
+    same model axes and batch size), while a rate axis may share."""
+    cfg = parse_config(_axes_cfg(grid={"axes": {"model.first_pool": [1, 4, 25], "train.lr": [1e-3, 3e-4]}}))
+    cells = cfg.cells()
+    assert cfg.num_cells() == len(cells) == 1 * 2 * 2 * 3 * 2
+    assert cells[0] == {
+        "architecture": "cnn-pool",
+        "activation": "relu",
+        "seed": 0,
+        "axes": {"model.first_pool": 1, "train.lr": 1e-3},
+    }
+    assert len({json.dumps(c, sort_keys=True) for c in cells}) == len(cells)
+    c = next(c for c in cells if c["axes"] == {"model.first_pool": 25, "train.lr": 3e-4})
+    assert cfg.cell_overrides(c)["first_pool"] == 25 and cfg.cell_train(c).lr == 3e-4 and cfg.cell_train(c).seed == c["seed"]
+    packed = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"models_per_trial": 4})})
+    packs = packed.packs()
+    assert packed.num_packs() == len(packs) == 3 * 2  # 3 pools; 8 cells each (2 rates x 2 activations x 2 seeds)
+    for p in packs:
+        assert len({c["axes"]["model.first_pool"] for c in p}) == 1
+    assert sorted(c2 for p in packs for c2 in map(json.dumps, p)) == sorted(map(json.dumps, cells))
+    plain = parse_config(_axes_cfg())
+    assert "axes" not in plain.cells()[0] and plain.num_cells() == 4
+
+
+def test_axis_and_search_mistakes_are_each_a_line():
+    raw = _axes_cfg(
+        grid={"axes": {"model.filter": [16], "train.lr": [-1, 0.1], "train.epochs": [], "model.filters": [8, 8]}},
+        search={
+            "num_samples": 2,
+            "space": {"train.batch_size": {"loguniform": [0, 64]}, "model.dense_units": {"normal": [1, 2]}},
+        },
+    )
+    with pytest.raises(UserError) as e:
+        parse_config(raw, "x.yaml")
+    head, *lines = str(e.value).splitlines()
+    assert head == "x.yaml: 6 mistakes:"
+    assert lines[0].startswith("  grid.axes.model.filter: not a setting a study can vary; choose from model.filters,")
+    assert lines[1:] == [
+        "  grid.axes.train.lr: -1: Input should be greater than 0",
+        "  grid.axes.train.epochs: must list at least one value (got [])",
+        "  grid.axes.model.filters: lists a value twice",
+        "  search.space.train.batch_size: loguniform needs low > 0 (got 0)",
+        "  search.space.model.dense_units: must be one of {uniform: [...]}, {loguniform: [...]}, {choice: [...]}, "
+        "{randint: [...]} (got {'normal': [1, 2]})",
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (_axes_cfg(grid={"architectures": ["C24", "cnn-pool"], "axes": {"model.first_pool": [4]}}),
+         "x.yaml: model.first_pool: applies to cnn-pool only, not C24"),
+        (_axes_cfg(grid={"axes": {"train.lr": [1e-3]}}, train={"lr": 3e-4}),
+         "x.yaml: grid.axes.train.lr: train.lr is also set in train; set it in one place"),
+        (_axes_cfg(search={"num_samples": 2, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}, resources={"models_per_trial": 2}),
+         "x.yaml: search: a search trains one model per trial; set resources.models_per_trial: 1"),
+        (_axes_cfg(search={"num_samples": 2, "space": {"train.epochs": {"randint": [5, 2]}}}),
+         "x.yaml: search.space.train.epochs: randint needs low < high (got [5, 2])"),
+    ],
+)  # fmt: skip
+def test_settings_that_contradict_are_refused(raw, message):
+    with pytest.raises(UserError) as e:
+        parse_config(raw, "x.yaml")
+    assert str(e.value).startswith(message)
+
+
+def test_a_valid_search_section():
+    cfg = parse_config(_axes_cfg(search={"num_samples": 3, "seed": 7, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]},
+                                   "model.first_pool": {"choice": [1, 4, 25]}}, "scheduler": "asha", "grace_period": 1}))  # fmt: skip
+    assert cfg.num_samples() == 3 and cfg.search.scheduler == "asha" and cfg.search.reduction_factor == 3
+    assert cfg.smoke().num_samples() == 2

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridlens.models import GRID, build
+from hybridlens.models import ARCHITECTURES, GRID, build
 from hybridlens.study.simulate import simulate_planted
 from hybridlens.study.train import TensorData, TrainConfig, Trainer, seed_everything
 
@@ -94,9 +94,9 @@ def test_saliency_through_lstm_on_gpu_matches_cpu(monkeypatch):
 def test_every_architecture_captures_on_both_tasks():
     from hybridlens.study.capture_check import capture_check
 
-    results = capture_check([(a, t) for t in ("task1", "task2") for a in GRID])
+    results = capture_check([(a, t) for t in ("task1", "task2") for a in ARCHITECTURES])
     failed = [f"{r['architecture']} {r['task']}: {r['path']} ({r['reason']})" for r in results if r["path"] != "cuda-graph"]
-    assert len(results) == 2 * len(GRID) and not failed, "\n".join(failed)
+    assert len(results) == 2 * len(ARCHITECTURES) and not failed, "\n".join(failed)
 
 
 # ------------------------------------------------------------------------------ the CUDA-graph step

@@ -169,7 +169,7 @@ def test_overrides():
     [
         (("C5", "task1", "exp"), {}, r"unknown architecture 'C5'; choose one of C24, C24-Att"),
         (("C24", "task3", "exp"), {}, r"unknown task 'task3'; choose one of task1, task2"),
-        (("C24", "task1", "tanh"), {}, r"unknown activation 'tanh'; choose one of relu, exp"),
+        (("C24", "task1", "swish"), {}, r"unknown activation 'swish'; choose one of relu, exp, sigmoid"),
         (("C24", "task1", "exp"), {"filter": 3}, r"unknown size override 'filter'"),
         (("C24", "task1", "exp"), {"init": "lecun"}, r"unknown init 'lecun'; choose one of he, glorot"),
         (("C24", "task1", "exp"), {"filters": 0}, r"filters must be a positive integer"),

@@ -38,8 +38,8 @@ def test_best_k_on_validation_skipping_failed_and_diverged(store):
     uri, exp, parent, ids = store
     runs = child_runs(client(uri), exp, parent)
     sel = select_best(runs, task="task1", top_k=2)
-    assert [r.info.run_id for r in sel.chosen[("C24", "exp")]] == [ids["a1"], ids["a2"]]
-    assert [r.info.run_id for r in sel.chosen[("C24", "relu")]] == [ids["b0"]]
+    assert [r.info.run_id for r in sel.chosen[("C24", "exp", "")]] == [ids["a1"], ids["a2"]]
+    assert [r.info.run_id for r in sel.chosen[("C24", "relu", "")]] == [ids["b0"]]
     reasons = {r.info.run_id: why for r, why in sel.skipped}
     assert reasons[ids["a3"]] == "diverged" and "task2" in reasons[ids["c0"]]
 
@@ -47,7 +47,7 @@ def test_best_k_on_validation_skipping_failed_and_diverged(store):
 def test_rank_on_test_as_the_reference_code(store):
     uri, exp, parent, ids = store
     sel = select_best(child_runs(client(uri), exp, parent), task="task1", top_k=1, rank_on="test")
-    assert sel.chosen[("C24", "exp")][0].info.run_id == ids["a0"]
+    assert sel.chosen[("C24", "exp", "")][0].info.run_id == ids["a0"]
 
 
 def test_mixed_tasks_need_a_task_and_study_lookup(store):
@@ -65,8 +65,40 @@ def test_best_k_of_n_says_the_real_numbers(store):
     uri, exp, parent, ids = store
     runs = child_runs(client(uri), exp, parent)
     sel = select_best(runs, task="task1", top_k=2)
-    assert sel.available == {("C24", "exp"): 3, ("C24", "relu"): 1}
+    assert sel.available == {("C24", "exp", ""): 3, ("C24", "relu", ""): 1}
     assert sel.best_of() == "best 1-2 of 1-3"
     only_exp = [r for r in runs if r.data.params["activation"] == "exp"]
     assert select_best(only_exp, task="task1", top_k=5).best_of() == "best 3 of 3"
     assert select_best(only_exp, task="task1", top_k=2).best_of() == "best 2 of 3"
+
+
+def test_axis_values_make_configurations_and_stopped_runs_stay_out(tmp_path):
+    """Runs of one architecture and activation with different axis values are different
+    configurations (ranked apart); a run the scheduler stopped (KILLED, outcome stopped) is never
+    selected."""
+    import json
+
+    from hybridlens.analysis.mlflow_layout import OUTCOME_STOPPED
+
+    uri = sqlite_uri(tmp_path)
+    c = client(uri)
+    exp = c.create_experiment("s2", artifact_location=(tmp_path / "art").as_uri())
+    parent = c.create_run(exp, tags={TAG_STUDY: "s2", TAG_KIND: "parent"}).info.run_id
+    ids = {}
+    for name, pool, seed, val, status, outcome in [("p4a", 4, 0, 0.5, "FINISHED", "finished"), ("p4b", 4, 1, 0.6, "FINISHED", "finished"),
+                                                   ("p25", 25, 0, 0.4, "FINISHED", "finished"),
+                                                   ("p25s", 25, 1, 0.9, "KILLED", OUTCOME_STOPPED)]:  # fmt: skip
+        r = c.create_run(exp, tags={TAG_PARENT: parent, TAG_KIND: "trial", TAG_OUTCOME: outcome}).info.run_id
+        params = dict(
+            architecture="cnn-pool", activation="relu", seed=seed, task="task1", axes=json.dumps({"model.first_pool": pool})
+        )
+        for k, v in params.items():
+            c.log_param(r, k, v)
+        c.log_metric(r, "best_val_aupr", val)
+        c.set_terminated(r, status)
+        ids[name] = r
+    sel = select_best(child_runs(c, exp, parent), task="task1", top_k=1)
+    assert [r.info.run_id for r in sel.chosen[("cnn-pool", "relu", "first_pool=4")]] == [ids["p4b"]]
+    assert [r.info.run_id for r in sel.chosen[("cnn-pool", "relu", "first_pool=25")]] == [ids["p25"]]
+    assert sel.axes == {"first_pool=4": {"model.first_pool": 4}, "first_pool=25": {"model.first_pool": 25}}
+    assert {r.info.run_id: why for r, why in sel.skipped} == {ids["p25s"]: OUTCOME_STOPPED}

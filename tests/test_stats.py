@@ -114,3 +114,8 @@ def test_a_metric_missing_in_some_runs_says_its_own_n():
     assert list(s["runs"]) == [3, 3] and list(s["auroc_n"]) == [2, 3] and "tpr_n" not in s
     assert s.loc["exp", "auroc_se"] == pytest.approx(np.std([0.9, 0.7], ddof=1) / np.sqrt(2))
     assert s.columns.get_loc("auroc_n") == s.columns.get_loc("auroc_se") + 1
+
+
+def test_markdown_keeps_small_numbers_readable():
+    md = to_markdown(pd.DataFrame({"lr": [3e-4, 1e-3, 0.0]}))
+    assert md.splitlines()[2:] == ["| 0.0003 |", "| 0.001 |", "| 0.000 |"]

@@ -366,8 +366,16 @@ def _history(c, runs) -> dict[str, list[tuple[int, float]]]:
 EPOCHS = 30
 
 
+#: The packs-of-2 case runs a grid with an axis instead of a second architecture: the same 4 cells, named
+#: by their axis values, packed by them (cells of one filter count share a stacked step).
+AXIS_GRID = {"architectures": ["C24"], "axes": {"model.filters": [8, 16]}}
+CELLS = {False: {"C24-relu-s0", "C24-exp-s0", "C4C6-relu-s0", "C4C6-exp-s0"},
+         True: {"C24-relu-filters8-s0", "C24-exp-filters8-s0", "C24-relu-filters16-s0", "C24-exp-filters16-s0"}}  # fmt: skip
+
+
 @pytest.mark.parametrize("sig,pack", [(signal.SIGTERM, 1), (signal.SIGKILL, 1), (signal.SIGKILL, 2)])
 def test_kill_driver_then_resume(tmp_path, data_file, sig, pack):
+    axes = pack == 2
     cfg = write_config(
         tmp_path,
         data_file,
@@ -375,6 +383,7 @@ def test_kill_driver_then_resume(tmp_path, data_file, sig, pack):
         train={"epochs": EPOCHS, "early_stopping_patience": None},
         resources={"max_concurrent": 1, "models_per_trial": pack},
         ray={"checkpoint_every": 2},
+        **({"grid": AXIS_GRID} if axes else {}),
     )
     work = tmp_path / "work"
     proc = _cli("study", str(cfg), "--workdir", str(work), "--no-analyze", start_new_session=True)
@@ -424,7 +433,12 @@ def test_kill_driver_then_resume(tmp_path, data_file, sig, pack):
     assert f"{cfg} changed since the launch; resuming with the recorded config {work / 'studies' / 'killme.yaml'}" in r.stderr
     _, _, after = runs_of(work)
     names = [x.data.tags["mlflow.runName"] for x in after]
-    assert sorted(names) == sorted({"C24-relu-s0", "C24-exp-s0", "C4C6-relu-s0", "C4C6-exp-s0"})  # one run per cell
+    assert sorted(names) == sorted(CELLS[axes])  # one run per cell
+    if axes:  # the runs' params carry their axis values
+        assert {(x.data.params["model.filters"], x.data.params["filters"], x.data.params["axes"]) for x in after} == {
+            ("8", "8", '{"model.filters": 8}'),
+            ("16", "16", '{"model.filters": 16}'),
+        }
     assert all(x.info.status == "FINISHED" for x in after)
     history_after = _history(c, after)
     for x in after:
@@ -539,6 +553,31 @@ def test_reference_config_smoke_test_end_to_end(tmp_path, task):
 
 
 # ------------------------------------------------------------------------------ reliability (#15)
+
+
+@pytest.mark.parametrize("name", ["pool_sweep", "activations"])
+def test_the_lab_study_configs_smoke_test_end_to_end(tmp_path, name):
+    """`hybridlens study configs/NAME.yaml --smoke-test`: Koo & Eddy's pool sweep (cnn-pool, pools 1 and 50)
+    and Koo & Ploenzke's activation study (cnn-local and cnn-dist x 11 activations) run end to end, their
+    tables grouped by the axis or activation and their figures along it."""
+    import pandas as pd
+
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    work = tmp_path / "work"
+    summary = run_study(config, workdir=work, smoke_test=True, echo=lambda m: None)
+    out = summary.analysis.out_dir
+    summ = pd.read_csv(out / "summary.csv")
+    if name == "pool_sweep":
+        assert summary.ok and summary.finished == 4
+        assert sorted(zip(summ["activation"], summ["model.first_pool"])) == [("exp", 1), ("exp", 50), ("relu", 1), ("relu", 50)]
+        assert (out / "axis_first_pool.png").is_file() and {"tpr_mean", "fpr_mean"} <= set(summ)
+    else:
+        assert summary.ok and summary.finished == 22
+        assert len(summ) == 22 and set(summ["architecture"]) == {"cnn-local", "cnn-dist"}
+        assert (out / "by_activation.png").is_file() and {"saliency_auroc_mean", "saliency_snr_mean"} <= set(summ)
+        attr = pd.read_csv(out / "attributions.csv")
+        assert set(attr["method"]) == {"saliency", "saliency_corrected", "integrated_gradients", "deep_lift_shap"}
+        assert attr["auroc_mean"].notna().all()  # DeepLIFT/SHAP has rules for every layer of the lab's CNNs
 
 
 def test_sigint_handler_is_restored_after_the_fit(tmp_path, data_file):
@@ -678,7 +717,7 @@ def test_a_huge_grid_needs_yes(tmp_path, data_file):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "hybridlens: error: the grid has 3,400,000 cells (17 architectures x 2 activations x 100,000 seeds), more than "
-        "10,000; check grid.seeds and grid.architectures, or pass --yes to launch it"
+        "10,000; check grid.seeds, grid.architectures, grid.axes and search.num_samples, or pass --yes to launch it"
     ]
     assert not (tmp_path / "work").exists()
 
@@ -920,3 +959,73 @@ def test_a_study_in_packs_of_four_ends_as_in_packs_of_one(tmp_path, data_file):
     print("largest test AUROC difference, packs of 4 vs 1:", max(abs(aurocs[4][k] - v) for k, v in aurocs[1].items()))
     for cell, auroc in aurocs[1].items():
         assert abs(aurocs[4][cell] - auroc) <= 0.005, (cell, aurocs[4][cell], auroc)
+
+
+def test_a_study_over_two_axes_is_tabled_and_drawn_along_them(tmp_path, data_file):
+    """Koo & Eddy's CNN over two axes (first-layer pool x learning rate): one child run per cell whose
+    name and params carry its values, the runs table with a column per axis, tables grouped by the axes
+    (a column each) and the metric-vs-axis figures and the heat map over both."""
+    import pandas as pd
+
+    cfg = write_config(
+        tmp_path, data_file, name="axes2",
+        grid={"architectures": ["cnn-pool"], "activations": ["relu"], "axes": {"model.first_pool": [4, 25], "train.lr": [1e-3, 3e-4]}},
+        train={"epochs": 2}, analysis={"attributions": []},
+    )  # fmt: skip
+    work = tmp_path / "work"
+    summary = run_study(cfg, workdir=work, echo=lambda m: None)
+    assert summary.ok and summary.finished == 4
+    c, launch, runs = runs_of(work)
+    got = {(r.data.tags["mlflow.runName"], r.data.params["first_pool"], r.data.params["lr"]) for r in runs}
+    assert got == {
+        (f"cnn-pool-relu-first_pool{p}-lr{lr}-s0", str(p), str(float(lr))) for p in (4, 25) for lr in ("0.001", "0.0003")
+    }
+    table = _run_cli("runs", "--workdir", work).stdout.splitlines()
+    assert table[0].split()[:5] == ["architecture", "activation", "first_pool", "lr", "seed"]
+    assert [line.split()[2:4] for line in table[1:5]] == [["4", "0.0003"], ["4", "0.001"], ["25", "0.0003"], ["25", "0.001"]]
+    out = work / "analysis" / "axes2"
+    summ = pd.read_csv(out / "summary.csv")
+    assert list(summ.columns[:4]) == ["architecture", "activation", "model.first_pool", "train.lr"] and len(summ) == 4
+    assert sorted(zip(summ["model.first_pool"], summ["train.lr"])) == [(4, 3e-4), (4, 1e-3), (25, 3e-4), (25, 1e-3)]
+    for f in ("axis_first_pool.png", "axis_lr.png", "heatmap_first_pool_lr.png", "logos_cnn-pool_relu_first_pool4_lr0p001.png"):
+        assert (out / f).is_file(), f
+
+
+def test_a_search_draws_its_values_and_asha_stops_runs_that_stay_out(tmp_path, data_file):
+    """A random search (learning rate log-uniform, filters a choice) over 2 seeds x 3 samples, one trial
+    at a time, with ASHA (grace 1 epoch, halving): every trial's run carries the values Ray Tune drew
+    (the same from the same search seed); the runs ASHA stopped are KILLED with outcome stopped and the
+    epoch, counted apart, and left out of the analysis; the launch is complete (exit code 0)."""
+    search = {"num_samples": 3, "seed": 5, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}, "model.filters": {"choice": [4, 8]}},
+              "scheduler": "asha", "grace_period": 1, "reduction_factor": 2}  # fmt: skip
+    cfg = write_config(
+        tmp_path, data_file, name="search", grid={"architectures": ["C24"], "activations": ["relu"], "seeds": [0, 1]},
+        train={"epochs": 4, "early_stopping_patience": None}, resources={"max_concurrent": 1}, search=search,
+        analysis={"attributions": []},
+    )  # fmt: skip
+    work = tmp_path / "work"
+    r = _run_cli("study", cfg, "--workdir", work, timeout=900)
+    assert r.returncode == 0, r.stderr
+    c, launch, runs = runs_of(work)
+    assert len(runs) == 6
+    drawn = [(float(x.data.params["lr"]), int(x.data.params["filters"])) for x in runs]
+    assert all(1e-4 <= lr <= 1e-2 and f in (4, 8) for lr, f in drawn) and len({lr for lr, _ in drawn}) == 6
+    for x in runs:
+        assert x.data.tags["mlflow.runName"] == layout.cell_name(
+            "C24", "relu", x.data.params["seed"], json.loads(x.data.params["axes"])
+        )
+    stopped = [x for x in runs if x.data.tags.get(layout.TAG_OUTCOME) == layout.OUTCOME_STOPPED]
+    assert stopped, "ASHA stopped no trial"  # trials one at a time: deterministic
+    assert all(x.info.status == "KILLED" and int(x.data.tags[layout.TAG_STOPPED_AT]) < 4 for x in stopped)
+    assert all(x.info.status == "FINISHED" for x in runs if x not in stopped)
+    assert f"{len(stopped)} stopped by the scheduler" in r.stderr.strip().splitlines()[-1]
+    assert c.get_run(launch.parent_run_id).info.status == "FINISHED"
+    per_run = __import__("pandas").read_csv(work / "analysis" / "search" / "per_run.csv")
+    assert len(per_run) == 6 - len(stopped) and set(per_run["run_id"]).isdisjoint(x.info.run_id for x in stopped)
+    # the same search seed draws the same values: a second launch under another name
+    cfg2 = write_config(tmp_path, data_file, name="search2", grid={"architectures": ["C24"], "activations": ["relu"], "seeds": [0, 1]},
+                        train={"epochs": 1}, resources={"max_concurrent": 1}, search={**search, "scheduler": "none"},
+                        analysis={"attributions": []})  # fmt: skip
+    assert _run_cli("study", cfg2, "--workdir", work, "--no-analyze", timeout=900).returncode == 0
+    _, _, again = runs_of(work, "search2")
+    assert sorted(float(x.data.params["lr"]) for x in again) == sorted(lr for lr, _ in drawn)
