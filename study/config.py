@@ -86,9 +86,11 @@ class GridSection(_Strict):
             elif not isinstance(values, list) or not values:
                 problems.append(f"{key}: must list at least one value (got {values!r})")
             else:
-                problems += [f"{key}: {p}" for p in (axis_value_problem(key, x) for x in values) if p]
-                if not any(axis_value_problem(key, x) for x in values) and len({json.dumps(x) for x in values}) != len(values):
+                converted = [axis_value(key, x) for x in values]
+                problems += [f"{key}: {p}" for _, p in converted if p]
+                if not any(p for _, p in converted) and len({json.dumps(x) for x, _ in converted}) != len(values):
                     problems.append(f"{key}: lists a value twice")
+                v = {**v, key: [x for x, _ in converted]}  # the values as the setting takes them
         if problems:
             raise ValueError("\n".join(problems))
         return v
@@ -181,17 +183,24 @@ def axis_key_problem(key: str) -> str | None:
     return None
 
 
-def axis_value_problem(key: str, value) -> str | None:
-    """Why ``value`` is not a valid value of setting ``key`` (None when it is), as the section says it."""
+def axis_value(key: str, value) -> tuple[Any, str | None]:
+    """``value`` as setting ``key`` takes it (YAML's ``1e-3`` is a string: the float 0.001), and why it is
+    not a valid value (None when it is)."""
     section, _, name = key.partition(".")
     model = {"model": ModelSection if name == "init" else SizeOverrides, "train": TrainSection}[section]
     if value is None and not (section == "train" and name == "early_stopping_patience"):
-        return "null is not a value (list values only)"
+        return value, "null is not a value (list values only)"
+    if isinstance(value, bool) and name != "cuda_graph":
+        return value, f"{value!r}: not a value of {key}"
     try:
-        model.model_validate({name: value})
+        return getattr(model.model_validate({name: value}), name), None
     except ValidationError as e:
-        return f"{value!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}"
-    return None
+        return value, f"{value!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}"
+
+
+def axis_value_problem(key: str, value) -> str | None:
+    """Why ``value`` is not a valid value of setting ``key`` (None when it is), as the section says it."""
+    return axis_value(key, value)[1]
 
 
 #: Ray Tune's sampling functions a ``search.space`` entry may name, with their arguments.
@@ -223,6 +232,8 @@ class SearchSection(_Strict):
             problem = axis_key_problem(key) or _distribution_problem(key, dist)
             if problem:
                 problems.append(f"{key}: {problem}")
+            elif "choice" in dist:
+                v = {**v, key: {"choice": [axis_value(key, x)[0] for x in dist["choice"]]}}
         if problems:
             raise ValueError("\n".join(problems))
         return v
@@ -316,11 +327,7 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _axes_fit(self):
-        problems = []
-        for key in self.grid.axes:
-            section, _, name = key.partition(".")
-            if getattr(getattr(self, section), name, None) not in (None, getattr(type(getattr(self, section))(), name, None)):
-                problems.append(f"grid.axes.{key}: {key} is also set in {section}; set it in one place")
+        problems = []  # an axis (or a search dimension) overrides its section's value for its cells
         if self.search is not None:
             problems += [
                 f"search.space.{k}: {k} is also a grid axis; vary it in one place"
@@ -329,8 +336,9 @@ class StudyConfig(_Strict):
             ]
             if self.resources.models_per_trial != 1:
                 problems.append("search: a search trains one model per trial; set resources.models_per_trial: 1")
-            if self.search.scheduler == "asha" and "train.monitor" in {*self.grid.axes, *self.search.space}:
-                problems.append("search.scheduler: ASHA ranks every trial on one metric; do not vary train.monitor with it")
+            varied = {*self.grid.axes, *self.search.space}
+            if self.search.scheduler == "asha" and varied & {"train.monitor", "train.epochs"}:
+                problems.append("search.scheduler: ASHA ranks every trial on one metric over train.epochs; vary neither with it")
         pooled = ("model.first_pool" in self.grid.axes or self.model.first_pool is not None
                   or (self.search is not None and "model.first_pool" in self.search.space))  # fmt: skip
         others = [a for a in self.grid.architecture_names() if a != "cnn-pool"]
@@ -451,7 +459,10 @@ class StudyConfig(_Strict):
                     update={
                         "architectures": self.grid.architecture_names()[:2],
                         "seeds": [0],
-                        "axes": {k: list(dict.fromkeys([v[0], v[-1]])) for k, v in self.grid.axes.items()},
+                        "axes": {
+                            k: [2] if k == "train.epochs" else list(dict.fromkeys([v[0], v[-1]]))
+                            for k, v in self.grid.axes.items()
+                        },
                     }
                 ),
                 "search": self.search.model_copy(update={"num_samples": min(2, self.search.num_samples)})

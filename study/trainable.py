@@ -303,7 +303,7 @@ def _fail_deterministically(c, site: Site, trial_id: str, cfg: StudyConfig, cell
         c.set_tag(run_id, layout.TAG_ERROR, why)
         c.set_terminated(run_id, "FAILED")
         events.append([layout.cell_name(**cell), f"FAILED: {why}"])
-    tune.report({"epoch": 0, "events": events, "done": 1, ENDED: 1})
+    tune.report({"epoch": 0, "events": events, "done": 1, ENDED: 1, MONITOR: float("nan")})
 
 
 def train_trial(config: dict, site: Site) -> None:
@@ -318,7 +318,7 @@ def train_trial(config: dict, site: Site) -> None:
     trial_id = tune.get_context().get_trial_id()
     store = site.checkpoints(trial_id)
     if store.done() is not None:  # ended and closed every cell before (Ray restarted it)
-        tune.report({"epoch": 0, "events": [], "done": 1, ENDED: 1})
+        tune.report({"epoch": 0, "events": [], "done": 1, ENDED: 1, MONITOR: float("nan")})
         return
     device = _device(cfg)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))
@@ -367,7 +367,11 @@ def train_trial(config: dict, site: Site) -> None:
             events = close_ended()
             if pack.done:
                 store.finish({"epoch": epoch, "cells": [layout.cell_name(**cell) for cell in cells]})
-                tune.report({"epoch": epoch, "events": events, "done": 1, ENDED: 1, "tracking_retries": c.retries})
+                # every report names the scheduler's metric: Ray Tune ends the whole fit on one that does not
+                tune.report(
+                    {"epoch": epoch, "events": events, "done": 1, ENDED: 1, "tracking_retries": c.retries,
+                     MONITOR: latest.get(id(pack.members[0]), float("nan"))}
+                )  # fmt: skip
                 return
             for i, (member, m) in enumerate(zip(pack.members, members)):
                 if member.active and any(f.effect == "nan" and f.epoch == epoch + 1 and f.matches(m.cell) for f in cfg.faults):

@@ -271,8 +271,6 @@ def test_axis_and_search_mistakes_are_each_a_line():
     [
         (_axes_cfg(grid={"architectures": ["C24", "cnn-pool"], "axes": {"model.first_pool": [4]}}),
          "x.yaml: model.first_pool: applies to cnn-pool only, not C24"),
-        (_axes_cfg(grid={"axes": {"train.lr": [1e-3]}}, train={"lr": 3e-4}),
-         "x.yaml: grid.axes.train.lr: train.lr is also set in train; set it in one place"),
         (_axes_cfg(search={"num_samples": 2, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}, resources={"models_per_trial": 2}),
          "x.yaml: search: a search trains one model per trial; set resources.models_per_trial: 1"),
         (_axes_cfg(search={"num_samples": 2, "space": {"train.epochs": {"randint": [5, 2]}}}),
@@ -290,3 +288,15 @@ def test_a_valid_search_section():
                                    "model.first_pool": {"choice": [1, 4, 25]}}, "scheduler": "asha", "grace_period": 1}))  # fmt: skip
     assert cfg.num_samples() == 3 and cfg.search.scheduler == "asha" and cfg.search.reduction_factor == 3
     assert cfg.smoke().num_samples() == 2
+
+
+def test_axis_values_are_taken_as_the_setting_takes_them():
+    """YAML reads 1e-3 as a string: the cell gets the float (Adam refused the string); a bool is no size;
+    16 and 16.0 are one value; the resolved config a trial re-parses is accepted again."""
+    raw = yaml.safe_load("grid: {axes: {train.lr: [1e-3, 3e-4], model.filters: [16, 32]}}")
+    cfg = parse_config(_axes_cfg(grid=raw["grid"]))
+    assert cfg.grid.axes["train.lr"] == [0.001, 0.0003] and cfg.cell_train(cfg.cells()[0]).lr == 0.001
+    assert parse_config(cfg.model_dump(mode="json")).cells() == cfg.cells()  # what every trial does
+    for values, message in (([True], "True: not a value of model.filters"), ([16, 16.0], "lists a value twice")):
+        with pytest.raises(UserError, match=message):
+            parse_config(_axes_cfg(grid={"axes": {"model.filters": values}}))

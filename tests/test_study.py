@@ -995,12 +995,14 @@ def test_a_search_draws_its_values_and_asha_stops_runs_that_stay_out(tmp_path, d
     """A random search (learning rate log-uniform, filters a choice) over 2 seeds x 3 samples, one trial
     at a time, with ASHA (grace 1 epoch, halving): every trial's run carries the values Ray Tune drew
     (the same from the same search seed); the runs ASHA stopped are KILLED with outcome stopped and the
-    epoch, counted apart, and left out of the analysis; the launch is complete (exit code 0)."""
+    epoch, counted apart, and left out of the analysis; the launch is complete (exit code 0). Early
+    stopping is on: a trial that ends before ASHA's last rung reports the metric too (Ray Tune ends the
+    whole fit on a report without it)."""
     search = {"num_samples": 3, "seed": 5, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}, "model.filters": {"choice": [4, 8]}},
               "scheduler": "asha", "grace_period": 1, "reduction_factor": 2}  # fmt: skip
     cfg = write_config(
         tmp_path, data_file, name="search", grid={"architectures": ["C24"], "activations": ["relu"], "seeds": [0, 1]},
-        train={"epochs": 4, "early_stopping_patience": None}, resources={"max_concurrent": 1}, search=search,
+        train={"epochs": 4, "early_stopping_patience": 1}, resources={"max_concurrent": 1}, search=search,
         analysis={"attributions": []},
     )  # fmt: skip
     work = tmp_path / "work"
