@@ -341,6 +341,11 @@ class StudyConfig(_Strict):
                 problems.append("search.scheduler: ASHA ranks every trial on one metric over train.epochs; vary neither with it")
         pooled = ("model.first_pool" in self.grid.axes or self.model.first_pool is not None
                   or (self.search is not None and "model.first_pool" in self.search.space))  # fmt: skip
+        problems += [
+            f"model.per_architecture.{a}.first_pool: applies to cnn-pool only"
+            for a, o in self.model.per_architecture.items()
+            if o.first_pool is not None and a != "cnn-pool"
+        ]
         others = [a for a in self.grid.architecture_names() if a != "cnn-pool"]
         if pooled and others:
             problems.append(f"model.first_pool: applies to cnn-pool only, not {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}; "

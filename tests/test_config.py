@@ -300,3 +300,8 @@ def test_axis_values_are_taken_as_the_setting_takes_them():
     for values, message in (([True], "True: not a value of model.filters"), ([16, 16.0], "lists a value twice")):
         with pytest.raises(UserError, match=message):
             parse_config(_axes_cfg(grid={"axes": {"model.filters": values}}))
+
+
+def test_first_pool_for_another_model_in_per_architecture_is_a_line():
+    with pytest.raises(UserError, match="model.per_architecture.C24.first_pool: applies to cnn-pool only"):
+        parse_config({"name": "x", "task": "task1", "model": {"per_architecture": {"C24": {"first_pool": 4}}}}, "x.yaml")
