@@ -25,6 +25,7 @@ from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.mlflow_layout import TAG_ATTR_NOT_SUPPORTED, TAG_ATTR_UNAVAILABLE
 from hybridlens.analysis.motifs import ANALYSIS_RELEASE
 from hybridlens.analysis.selection import Selection, config_key, run_axes, run_label, select_best
+from hybridlens.analysis.stats import CONFIG_COLUMNS
 from hybridlens.analysis.tasks import TASKS, TaskSpec
 
 Echo = Callable[[str], None]
@@ -50,9 +51,9 @@ class RunError(Exception):
 # ------------------------------------------------------------------------------------- one run
 
 
-#: The columns that name a configuration inside the analysis (``axes``: the label of its axis values,
-#: empty without axes; the written tables show each axis as a column of its own instead).
-CONFIG = ["architecture", "activation", "axes"]
+#: The columns that name a configuration inside the analysis (the written tables show each axis as a
+#: column of its own instead of the ``axes`` label).
+CONFIG = list(CONFIG_COLUMNS)
 
 
 def _with_axes(table: pd.DataFrame, sel: Selection, axis_columns: list[str]) -> pd.DataFrame:

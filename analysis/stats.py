@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+#: The columns that name a configuration: architecture, activation and ``axes`` (the label of its axis
+#: values, empty without axes).
+CONFIG_COLUMNS = ("architecture", "activation", "axes")
+
 
 def config_columns(frame: pd.DataFrame) -> list[str]:
-    """The columns that name a configuration: architecture, activation, and ``axes`` where present."""
-    return ["architecture", "activation"] + (["axes"] if "axes" in frame else [])
+    """:data:`CONFIG_COLUMNS` that ``frame`` has (``axes`` may be absent)."""
+    return [c for c in CONFIG_COLUMNS if c in frame or c != "axes"]
 
 
 def aggregate(per_run: pd.DataFrame, metrics: list[str], *, all_runs: pd.DataFrame | None = None) -> pd.DataFrame:
