@@ -3,6 +3,7 @@ a study's axes, filter logos, attribution and attention maps. Each figure is wri
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Sequence
@@ -256,13 +257,38 @@ def category_figure(summary: pd.DataFrame, metrics: Sequence[str], column: str, 
     return _finish(fig, stem, title, 9)
 
 
+def heatmap_grids(
+    summary: pd.DataFrame, a: str, b: str, rest: Sequence[str], metrics: Sequence[str]
+) -> tuple[list, list, list[tuple[str, dict[str, np.ndarray]]]]:
+    """The cells of the heat maps over axes ``a`` (rows) and ``b`` (columns): their values ``va`` and
+    ``vb`` (sorted) and one row of panels per architecture, activation and value of each axis in
+    ``rest`` (a third axis would otherwise write two configurations into one cell), each its name
+    (``cnn-pool relu, filters=8``) and per metric a ``(len(va), len(vb))`` array of ``<metric>_mean``
+    (NaN where no configuration has those values)."""
+    short = {k: k.split(".", 1)[-1] for k in rest}
+    va, vb = sorted(set(summary[a].dropna())), sorted(set(summary[b].dropna()))
+    rows = []
+    for key, sub in summary.groupby(["architecture", "activation", *rest], sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        name = " ".join(str(x) for x in key[:2]) + "".join(f", {short[o]}={v}" for o, v in zip(rest, key[2:]))
+        grids = {}
+        for m in metrics:
+            grid = np.full((len(va), len(vb)), np.nan)
+            for _, row in sub.dropna(subset=[a, b]).iterrows():
+                grid[va.index(row[a]), vb.index(row[b])] = row[f"{m}_mean"]
+            grids[m] = grid
+        rows.append((name, grids))
+    return va, vb, rows
+
+
 def axis_figures(
     summary: pd.DataFrame, metrics: Sequence[str], axes: dict[str, dict], out: Path, *, title: str = ""
 ) -> list[Path]:
     """Each metric against each numeric axis (``axis_<name>``: mean with error bars of the std over the
-    best k, as the summaries; one line per architecture, activation and value of the other axes), and
-    with two numeric axes a heat map of each metric's mean over both (``heatmap_<a>_<b>``: one row of
-    panels per architecture and activation). ``summary`` has architecture, activation, ``axes`` (the
+    best k, as the summaries; one line per architecture, activation and value of the other axes), each
+    metric for each value of a non-numeric axis, and for each pair of numeric axes a heat map of each
+    metric's mean over both (``heatmap_<a>_<b>``: one row of panels per architecture, activation and
+    value of the other axes). ``summary`` has architecture, activation, ``axes`` (the
     label) and one column per axis (:func:`~hybridlens.analysis.report.analyze_study`'s); ``axes`` maps
     a label to its values. A metric the summary lacks is left out; a non-numeric axis (``init``, ``auc``)
     gets no figure of its own."""
@@ -304,23 +330,22 @@ def axis_figures(
         )
     for key in keys:
         if key in summary and key not in numeric:  # init, auc, monitor: a value each, side by side
-            files += category_figure(summary.assign(axes=""), metrics, key, out / f"axis_{short[key]}", title=title)
-    if len(numeric) == 2:
-        a, b = numeric
-        configs = list(summary.groupby(["architecture", "activation"], sort=False).groups)
-        va, vb = sorted(set(summary[a].dropna())), sorted(set(summary[b].dropna()))
+            # one series per architecture, activation and the values of the other axes
+            others = [k for k in keys if k != key and k in summary]
+            label = [", ".join(f"{short[o]}={row[o]}" for o in others) for _, row in summary.iterrows()]
+            files += category_figure(summary.assign(axes=label), metrics, key, out / f"axis_{short[key]}", title=title)
+    for a, b in itertools.combinations(numeric, 2):  # a heat map over each pair of numeric axes
+        rest = [k for k in keys if k in summary and k not in (a, b)]
+        va, vb, rows = heatmap_grids(summary, a, b, rest, metrics)
         fig, axs = plt.subplots(
-            len(configs),
+            len(rows),
             len(metrics),
-            figsize=(0.6 * len(vb) * len(metrics) + 3, 0.5 * len(va) * len(configs) + 1.5),
+            figsize=(0.6 * len(vb) * len(metrics) + 3, 0.5 * len(va) * len(rows) + 1.5),
             squeeze=False,
         )
-        for r, (arch, act) in enumerate(configs):
-            sub = summary[(summary["architecture"] == arch) & (summary["activation"] == act)]
+        for r, (row_name, grids) in enumerate(rows):
             for c, m in enumerate(metrics):
-                grid = np.full((len(va), len(vb)), np.nan)
-                for _, row in sub.iterrows():
-                    grid[va.index(row[a]), vb.index(row[b])] = row[f"{m}_mean"]
+                grid = grids[m]
                 lo, hi = np.nanmin(summary[f"{m}_mean"]), np.nanmax(summary[f"{m}_mean"])  # one scale per metric
                 hi = hi if hi > lo else lo + 1e-9
                 ax = axs[r][c]
@@ -341,11 +366,58 @@ def axis_figures(
                 ax.set_xticks(range(len(vb)), [f"{v:g}" for v in vb], fontsize=7)
                 ax.set_yticks(range(len(va)), [f"{v:g}" for v in va], fontsize=7)
                 ax.set_xlabel(short[b], fontsize=7)
-                ax.set_ylabel(f"{arch} {act}\n{short[a]}" if c == 0 else short[a], fontsize=7)
-                ax.set_title(METRIC_LABELS.get(m, m), fontsize=8)
+                ax.set_ylabel(short[a], fontsize=7)
+                ax.set_title(f"{METRIC_LABELS.get(m, m)}\n{row_name}", fontsize=7)
         study = title.split(";")[0]
         files += _finish(
             fig, out / f"heatmap_{short[a]}_{short[b]}", f"{study}: mean over the best runs of each configuration", 9
+        )
+    return files
+
+
+def search_figures(
+    per_run: pd.DataFrame, metrics: Sequence[str], drawn: Sequence[str], out: Path, *, title: str = ""
+) -> list[Path]:
+    """A random search's runs (``search_<name>``): each metric of every run against each value Ray Tune
+    drew for it, one colour per configuration (architecture, activation, grid axes), the runs kept by
+    best-k selection filled and the others open. ``per_run`` has architecture, activation, ``axes``,
+    ``selected``, the metrics and a column per drawn key; a non-numeric draw (``choice``) is placed
+    by its value."""
+    plt = _plt()
+    metrics = [m for m in metrics if m in per_run and per_run[m].notna().any()]
+    files: list[Path] = []
+    if not metrics:
+        return files
+    series = [c for c in ("architecture", "activation", "axes") if c in per_run]
+    for key in drawn:
+        if key not in per_run:
+            continue
+        short = key.split(".", 1)[-1]
+        numeric = _numeric(per_run[key])
+        cats = [] if numeric else list(dict.fromkeys(str(v) for v in per_run[key]))
+        fig, axs = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics) + 1.8, 3.2), squeeze=False)
+        handles = {}
+        for ax, m in zip(axs[0], metrics):
+            for i, (name, g) in enumerate(per_run.groupby(series, sort=False)):
+                name = " ".join(str(x) for x in (name if isinstance(name, tuple) else (name,)) if x)
+                colour = f"C{i % 10}"
+                x = g[key] if numeric else [cats.index(str(v)) for v in g[key]]
+                kept = g["selected"].to_numpy(bool) if "selected" in g else np.zeros(len(g), bool)
+                x = np.asarray(x, dtype=float)
+                y = g[m].to_numpy(float)
+                ax.scatter(x[~kept], y[~kept], s=14, facecolors="none", edgecolors=colour, lw=0.8)
+                handles.setdefault(name, ax.scatter(x[kept], y[kept], s=14, color=colour))
+            values = sorted(set(per_run[key].dropna())) if numeric else []
+            if numeric and len(values) > 1 and values[0] > 0 and values[-1] / values[0] >= 20:
+                ax.set_xscale("log")  # a loguniform rate: even steps on a log scale
+            if not numeric:
+                ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=7)
+            ax.set_xlabel(f"{short} (drawn)", fontsize=8)
+            ax.set_ylabel(METRIC_LABELS.get(m, m), fontsize=8)
+            ax.tick_params(labelsize=7)
+        fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        files += _finish(
+            fig, out / f"search_{short}", f"{title}: every run against the {short} it drew (filled: kept as best)", 9
         )
     return files
 

@@ -69,6 +69,9 @@ def cell_name(architecture: str, activation: str, seed, axes: dict | None = None
 #: param ``axes`` (JSON, in the config's order), each also a param of its own name (``model.first_pool``).
 CELL_KEYS = ("architecture", "activation", "seed")
 AXES_PARAM = "axes"
+#: In a random search: the keys among ``axes`` whose values Ray Tune drew for the trial (JSON list); the
+#: analysis groups runs by the other (grid) axes and shows the drawn values run by run.
+DRAWN_PARAM = "drawn"
 
 
 def runs_url(ui: str, experiment_id: str) -> str:

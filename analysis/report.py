@@ -22,9 +22,9 @@ from hybridlens.analysis.atomic import atomic_dir
 from hybridlens.analysis.attributions import DEFAULT_METHODS, MAX_SEQUENCES, parse_methods
 from hybridlens.analysis.classification import auc_note
 from hybridlens.analysis.errors import UserError
-from hybridlens.analysis.mlflow_layout import TAG_ATTR_NOT_SUPPORTED, TAG_ATTR_UNAVAILABLE
+from hybridlens.analysis.mlflow_layout import TAG_ATTR_NOT_SUPPORTED, TAG_ATTR_UNAVAILABLE, axis_value_text
 from hybridlens.analysis.motifs import ANALYSIS_RELEASE
-from hybridlens.analysis.selection import Selection, config_key, run_axes, run_label, select_best
+from hybridlens.analysis.selection import Selection, config_key, run_axes, run_drawn, run_label, select_best
 from hybridlens.analysis.stats import CONFIG_COLUMNS
 from hybridlens.analysis.tasks import TASKS, TaskSpec
 
@@ -64,6 +64,8 @@ def _with_axes(table: pd.DataFrame, sel: Selection, axis_columns: list[str]) -> 
     at = list(table.columns).index("axes") + 1
     for i, key in enumerate(axis_columns):
         values = [sel.axes.get(label, {}).get(key, np.nan) for label in table["axes"]]
+        if any(v is None for v in values):  # a null value (no early stopping): the axis is categorical
+            values = [axis_value_text(v) for v in values]
         if key in table:
             table[key] = values
         else:
@@ -385,17 +387,35 @@ def _slug(label: str) -> str:
 
 
 def draw_figures(
-    summary: pd.DataFrame, best_filters: dict, spec: TaskSpec, out: Path, title: str, echo: Echo, axes: dict | None = None
+    summary: pd.DataFrame,
+    best_filters: dict,
+    spec: TaskSpec,
+    out: Path,
+    title: str,
+    echo: Echo,
+    axes: dict | None = None,
+    per_run: pd.DataFrame | None = None,
+    drawn: list[str] | None = None,
 ) -> list[Path]:
     """The exp-vs-relu scatter figure (a study with axes: each metric against each axis, and heat maps
-    over two axes) and a filter-logo grid of the best run of each configuration."""
-    from hybridlens.analysis.figures import axis_figures, category_figure, filter_logos_many, filter_title, scatter_exp_vs_relu
+    over two axes; a random search: each run's metrics against the values it drew) and a filter-logo
+    grid of the best run of each configuration."""
+    from hybridlens.analysis.figures import (
+        axis_figures,
+        category_figure,
+        filter_logos_many,
+        filter_title,
+        scatter_exp_vs_relu,
+        search_figures,
+    )
 
     metrics = spec.interp_metrics + ("test_auroc",)
     if "axes" in summary and summary["axes"].astype(bool).any():  # each interpretation metric along each axis
         files = axis_figures(summary, metrics, axes, out, title=title)
     else:
         files = scatter_exp_vs_relu(summary, spec.figure_metrics, out / spec.figure, title=title)
+    if drawn and per_run is not None:
+        files += search_figures(per_run, metrics, drawn, out, title=title.split(";")[0])
     if summary["activation"].nunique() > 2:  # an activation study: every metric for every activation
         files += category_figure(summary, metrics, "activation", out / "by_activation", title=title)
     jobs = [
@@ -621,6 +641,7 @@ def _analyze_locked(
                     "activation": p["activation"],
                     "axes": config_key(run)[2],
                     **run_axes(run),
+                    **run_drawn(run),
                     "seed": int(p["seed"]),
                     "selected": run.info.run_id in selected_ids,
                     **{k: m.get(k, np.nan) for k in CLASS_METRICS + [sel.rank_key]},
@@ -643,7 +664,9 @@ def _analyze_locked(
         summary["finished"] = [
             sel.available.get(k, 0) for k in zip(summary["architecture"], summary["activation"], summary["axes"])
         ]
-        paired = _with_axes(paired_exp_vs_relu(per_run, metrics_list), sel, axis_columns)
+        drawn = list(dict.fromkeys(k for run in sel.usable for k in run_drawn(run)))
+        # a search draws every trial's values on its own: a seed's exp and relu runs are no pair
+        paired = pd.DataFrame() if drawn else _with_axes(paired_exp_vs_relu(per_run, metrics_list), sel, axis_columns)
         compute_floors(sel, shared)
         out = Path(out_dir) if out_dir else tmp / "out"
         caption = (
@@ -652,6 +675,11 @@ def _analyze_locked(
             "_mean, _std (population, ddof 0, as the paper) and _se (standard error, ddof 1) over those runs, _all_mean over "
             "every finished run. " + auc_note(run.data.params.get("auc", "exact") for run in sel.usable)
         )
+        if drawn:
+            caption += (
+                f" A random search over {', '.join(drawn)}: a configuration's best runs are the best of its draws "
+                "(per_run has each run's drawn values); no paired exp-vs-relu test (the runs of a seed drew different values)."
+            )
         if skipped:
             caption += f" Skipped {len(skipped)} run(s): " + "; ".join(f"{label} ({why})" for label, why in skipped) + "."
         meta = {
@@ -672,7 +700,7 @@ def _analyze_locked(
         # all or nothing: tables, figures and analysis.json are written to a fresh folder that then
         # replaces the old one; the parent run gets them only after that
         with atomic_dir(out, marker=ANALYSIS_MARKER, check=check_out_dir) as staging:
-            tables = {"per_run": per_run, "summary": summary, "paired_exp_vs_relu": paired}
+            tables = {"per_run": per_run, "summary": summary, **({} if drawn else {"paired_exp_vs_relu": paired})}
             attr_table = attribution_table(per_run[per_run["selected"]], shared)
             if attr_table is not None:
                 tables["attributions"] = attr_table
@@ -691,6 +719,8 @@ def _analyze_locked(
                 + f"{sel.best_of()} runs per configuration; error bars: std (ddof 0) over those runs",
                 echo,
                 sel.axes,
+                per_run,
+                drawn,
             )
             written += _attribution_figures(attr_table, shared, staging, study)
             (staging / "analysis.json").write_text(json.dumps(meta, indent=2))

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from hybridlens.analysis.errors import UserError
-from hybridlens.analysis.mlflow_layout import AXES_PARAM, TAG_OUTCOME, axes_label, cell_name
+from hybridlens.analysis.mlflow_layout import AXES_PARAM, DRAWN_PARAM, TAG_OUTCOME, axes_label, cell_name
 from hybridlens.analysis.tasks import TASKS, task_spec
 
 RANK_ON = ("valid", "test")
@@ -45,21 +45,39 @@ class Selection:
         return f"best_val_{m}" if self.rank_on == "valid" else f"test_{m}"
 
 
+def _values(run) -> tuple[dict, set]:
+    """The run's axis values (grid and drawn, in the config's order) and the keys a search drew."""
+    p = run.data.params
+    return json.loads(p.get(AXES_PARAM, "{}")), set(json.loads(p.get(DRAWN_PARAM, "[]")))
+
+
 def run_axes(run) -> dict:
-    """The run's axis values (``{"model.first_pool": 4}``; empty for a grid without axes)."""
-    return json.loads(run.data.params.get(AXES_PARAM, "{}"))
+    """The run's grid axis values (``{"model.first_pool": 4}``; empty for a grid without axes): what
+    makes its configuration. The values a random search drew are :func:`run_drawn`'s."""
+    values, drawn = _values(run)
+    return {k: v for k, v in values.items() if k not in drawn}
+
+
+def run_drawn(run) -> dict:
+    """The values Ray Tune drew for the run in a random search (``{"train.lr": 0.00041}``; else empty)."""
+    values, drawn = _values(run)
+    return {k: v for k, v in values.items() if k in drawn}
 
 
 def config_key(run) -> tuple[str, str, str]:
-    """The run's configuration: ``(architecture, activation, axes label)`` (the label empty without axes)."""
+    """The run's configuration: ``(architecture, activation, axes label)`` (the label empty without
+    axes). A random search's runs of one grid cell are one configuration whatever values they drew:
+    best-k selection picks among the draws."""
     p = run.data.params
     return p["architecture"], p["activation"], axes_label(run_axes(run))
 
 
 def run_label(run) -> str:
-    """The run's grid cell name (``C24-exp-s0``, ``cnn-pool-relu-first_pool4-s0``), from its params."""
+    """The run's cell name (``C24-exp-s0``, ``cnn-pool-relu-first_pool4-s0``; a search's with the values
+    it drew), from its params."""
     p = run.data.params
-    return cell_name(p.get("architecture", "?"), p.get("activation", "?"), p.get("seed", "?"), run_axes(run))
+    values, _ = _values(run)
+    return cell_name(p.get("architecture", "?"), p.get("activation", "?"), p.get("seed", "?"), values)
 
 
 def select_best(runs: list, *, task: str | None = None, top_k: int | None = None, rank_on: str = "valid") -> Selection:

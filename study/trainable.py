@@ -106,6 +106,9 @@ def trial_params(cfg: StudyConfig, cell: dict, dataset_hash: str) -> dict:
     ids = {k: v for k, v in cell.items() if k != "axes"}
     if axes:  # the cell's axis values: one param with all of them (JSON), and each under its own name
         ids |= {layout.AXES_PARAM: json.dumps(axes), **axes}  # in the config's order, as the run name
+    drawn = [k for k in axes if cfg.search is not None and k in cfg.search.space]
+    if drawn:  # which of them a search drew (the others are the grid's)
+        ids[layout.DRAWN_PARAM] = json.dumps(drawn)
     sizes = {k: v for k, v in sizes.items() if v is not None}
     return {**ids, "task": cfg.task, **sizes, **train, "dataset_hash": dataset_hash}
 

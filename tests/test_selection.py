@@ -102,3 +102,37 @@ def test_axis_values_make_configurations_and_stopped_runs_stay_out(tmp_path):
     assert [r.info.run_id for r in sel.chosen[("cnn-pool", "relu", "first_pool=25")]] == [ids["p25"]]
     assert sel.axes == {"first_pool=4": {"model.first_pool": 4}, "first_pool=25": {"model.first_pool": 25}}
     assert {r.info.run_id: why for r, why in sel.skipped} == {ids["p25s"]: OUTCOME_STOPPED}
+
+
+def test_a_search_ranks_its_draws_within_the_grid_cell(tmp_path):
+    """A random search's runs of one grid cell (its grid axis too) are one configuration whatever rate
+    each drew: best-k picks among the draws, the drawn values stay each run's own and name it (every
+    draw was its own configuration; review finding M3 of #23)."""
+    import json
+
+    from hybridlens.analysis.selection import run_axes, run_drawn, run_label
+
+    uri = sqlite_uri(tmp_path)
+    c = client(uri)
+    exp = c.create_experiment("s3", artifact_location=(tmp_path / "art").as_uri())
+    parent = c.create_run(exp, tags={TAG_STUDY: "s3", TAG_KIND: "parent"}).info.run_id
+    ids = {}
+    for name, pool, lr, val in [("a", 4, 1e-3, 0.5), ("b", 4, 2e-4, 0.7), ("c", 4, 5e-3, 0.6), ("d", 25, 3e-4, 0.4)]:
+        r = c.create_run(exp, tags={TAG_PARENT: parent, TAG_KIND: "trial", TAG_OUTCOME: "finished"}).info.run_id
+        axes = {"model.first_pool": pool, "train.lr": lr}
+        params = dict(architecture="cnn-pool", activation="relu", seed=0, task="task1", axes=json.dumps(axes),
+                      drawn=json.dumps(["train.lr"]))  # fmt: skip
+        for k, v in params.items():
+            c.log_param(r, k, v)
+        c.log_metric(r, "best_val_aupr", val)
+        c.set_terminated(r, "FINISHED")
+        ids[name] = r
+    sel = select_best(child_runs(c, exp, parent), task="task1", top_k=2)
+    assert {k: [r.info.run_id for r in rs] for k, rs in sel.chosen.items()} == {
+        ("cnn-pool", "relu", "first_pool=4"): [ids["b"], ids["c"]],
+        ("cnn-pool", "relu", "first_pool=25"): [ids["d"]],
+    }
+    assert sel.available == {("cnn-pool", "relu", "first_pool=4"): 3, ("cnn-pool", "relu", "first_pool=25"): 1}
+    best = sel.chosen[("cnn-pool", "relu", "first_pool=4")][0]
+    assert run_axes(best) == {"model.first_pool": 4} and run_drawn(best) == {"train.lr": 2e-4}
+    assert run_label(best) == "cnn-pool-relu-first_pool4-lr0.0002-s0"

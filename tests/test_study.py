@@ -1022,8 +1022,16 @@ def test_a_search_draws_its_values_and_asha_stops_runs_that_stay_out(tmp_path, d
     assert all(x.info.status == "FINISHED" for x in runs if x not in stopped)
     assert f"{len(stopped)} stopped by the scheduler" in r.stderr.strip().splitlines()[-1]
     assert c.get_run(launch.parent_run_id).info.status == "FINISHED"
-    per_run = __import__("pandas").read_csv(work / "analysis" / "search" / "per_run.csv")
+    assert all(sorted(json.loads(x.data.params["drawn"])) == ["model.filters", "train.lr"] for x in runs)
+    out = work / "analysis" / "search"
+    per_run = __import__("pandas").read_csv(out / "per_run.csv")
     assert len(per_run) == 6 - len(stopped) and set(per_run["run_id"]).isdisjoint(x.info.run_id for x in stopped)
+    assert sorted(per_run["train.lr"]) == sorted(float(x.data.params["lr"]) for x in runs if x not in stopped)
+    # the draws of the one grid cell (C24 relu) are one configuration: its best are the best draws
+    summ = __import__("pandas").read_csv(out / "summary.csv")
+    assert len(summ) == 1 and summ["finished"][0] == 6 - len(stopped)
+    assert (out / "search_lr.png").is_file() and (out / "search_filters.png").is_file()
+    assert not (out / "paired_exp_vs_relu.csv").exists()  # a seed's runs drew different values: no pairs
     # the same search seed draws the same values: a second launch under another name
     cfg2 = write_config(tmp_path, data_file, name="search2", grid={"architectures": ["C24"], "activations": ["relu"], "seeds": [0, 1]},
                         train={"epochs": 1}, resources={"max_concurrent": 1}, search={**search, "scheduler": "none"},
