@@ -59,7 +59,9 @@ class LabCNN(nn.Module):
         length = s.seq_len
         if name == "cnn-pool":
             first_pool = s.first_pool
-            second_pool = max(1, TOTAL_POOL // first_pool)
+            if first_pool < 1 or TOTAL_POOL % first_pool:
+                raise ValueError(f"cnn-pool's first_pool must divide {TOTAL_POOL} (got {first_pool})")
+            second_pool = TOTAL_POOL // first_pool
             self.pools = (first_pool, second_pool)
             self.body = nn.Sequential(
                 nn.MaxPool1d(first_pool), nn.Dropout(0.1),

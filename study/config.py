@@ -24,6 +24,7 @@ from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
 from hybridlens.analysis.tasks import TASKS
 from hybridlens.models import ARCHITECTURES, GRID, TASK_SIZES
 from hybridlens.models.blocks import ACTIVATIONS
+from hybridlens.models.zoo import TOTAL_POOL
 from hybridlens.study.simulate import BACKGROUNDS
 from hybridlens.study.train import MONITORS, TrainConfig
 
@@ -120,7 +121,18 @@ class SizeOverrides(_Strict):
     lstm_units: Optional[int] = Field(default=None, ge=2)
     key_size: Optional[int] = Field(default=None, ge=1)
     dense_units: Optional[int] = Field(default=None, ge=1)
-    first_pool: Optional[int] = Field(default=None, ge=1, le=200)  # cnn-pool's first-layer max-pool
+    first_pool: Optional[int] = None  # cnn-pool's first-layer max-pool: a divisor of TOTAL_POOL
+
+    @field_validator("first_pool")
+    @classmethod
+    def _divides(cls, v):
+        if v is not None and (v < 1 or TOTAL_POOL % v):
+            divisors = [d for d in range(1, TOTAL_POOL + 1) if TOTAL_POOL % d == 0]
+            raise ValueError(
+                f"must divide {TOTAL_POOL} (cnn-pool's two pools multiply to {TOTAL_POOL}, as Koo & Eddy's): "
+                f"one of {', '.join(map(str, divisors))}"
+            )
+        return v
 
 
 class ModelSection(SizeOverrides):
@@ -260,6 +272,11 @@ def _distribution_problem(key: str, dist) -> str | None:
         probe = axis_value_problem(key, low + (high - low) * 0.5 + (high - low) * 1e-3 * math.pi)
         if probe and "integer" in probe:
             return f"{key} takes whole numbers: draw it with randint or choice, not {kind}"
+    if kind == "randint" and high - low <= 1000:  # every value it may draw (cnn-pool's pool divides 100)
+        bad = [x for x in range(low, high) if axis_value_problem(key, x)]
+        if bad:
+            return f"randint may draw {axis_value_problem(key, bad[0])}; list the values with choice"
+        return None
     sample = low if kind == "randint" else float(low)
     return axis_value_problem(key, sample) or axis_value_problem(key, high - 1 if kind == "randint" else float(high))
 

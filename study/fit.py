@@ -53,14 +53,31 @@ def _pack_cells(trial) -> list[str]:
     return [layout.cell_name(**cell) for cell in trial_cells(trial.config)]
 
 
-def _progress_callback(echo: Echo, total: int, launch: Launch):
+#: The launch, echo and total of the fit this process drives, set by :func:`fit` before it builds or
+#: restores the Tuner: a restored Tuner's progress callback binds to it (see ``Progress.__reduce__``).
+_DRIVER: dict = {}
+
+
+def _restored_progress():
+    """The progress callback a ``tuner.pkl`` unpickles into: one bound to the launch this process drives
+    now (a resume of a moved or copied workdir marks its runs in the copy), not the one it was saved with."""
+    return _progress_callback(_DRIVER.get("echo", lambda *_: None), _DRIVER.get("total", 0), _DRIVER.get("launch"))
+
+
+def _progress_callback(echo: Echo, total: int, launch: Launch | None):
     from ray import tune
 
     class Progress(tune.Callback):
         """One concise line per trial start, one per grid cell that ends (a pack's cells end one by
         one), one per trial error, and a heartbeat every minute."""
 
+        def __reduce__(self):
+            # Ray saves the run config (its callbacks too) in tuner.pkl and Tuner.restore gives back that
+            # copy: pickled as is, it would hold the first launch's workdir and tracking URI
+            return _restored_progress, ()
+
         def __init__(self):
+            self.launch = launch  # where stopped runs are marked
             self.ended: set[str] = set()
             self.noted: set[str] = set()
             self.errors = 0
@@ -88,10 +105,10 @@ def _progress_callback(echo: Echo, total: int, launch: Launch):
                 )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if (trial.last_result or {}).get(ENDED):
+            if (trial.last_result or {}).get(ENDED) or self.launch is None:
                 return
             # the scheduler stopped it (ASHA): its runs end KILLED, outcome stopped, never finished
-            for name in _mark_stopped(launch, trial):
+            for name in _mark_stopped(self.launch, trial):
                 if name not in self.ended:
                     self.ended.add(name)
                     echo(
@@ -264,6 +281,7 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_fa
     try:
         _init_ray(cfg, launch.ray_address)
         total = cfg.num_cells() * cfg.num_samples()
+        _DRIVER.update(echo=echo, total=total, launch=launch)
         if restore:
             tuner = tune.Tuner.restore(
                 launch.experiment_path, trainable=_trainable(cfg, launch), resume_unfinished=True, resume_errored=retry_failed

@@ -291,8 +291,10 @@ def close_launch(launch: Launch, cfg: "StudyConfig", echo: Echo) -> LaunchSummar
         complete = {layout.cell_name(**cell) for cell in cfg.cells()} <= {
             r.data.tags.get(layout.TAG_RUN_NAME) for r in ended_runs
         }
-    else:  # each trial draws its own values: its cells' names are known only once it ran
-        complete = len(ended_runs) >= cfg.num_cells() * cfg.num_samples()
+    else:  # each trial draws its own values: its cells' names are known only once it ran; a retried
+        # trial has a run per attempt (one failed, one finished): count trials' cells, not runs
+        ended_cells = {(r.data.tags.get(layout.TAG_TRIAL), r.data.tags.get(layout.TAG_RUN_NAME)) for r in ended_runs}
+        complete = len(ended_cells) >= cfg.num_cells() * cfg.num_samples()
     counts = {s.lower(): sum(v == s for v in status.values()) for s in ("FINISHED", "FAILED", "KILLED")}
     counts["diverged"] = sum(r.data.tags.get(layout.TAG_OUTCOME) == "diverged" for r in runs)
     counts["failed"] -= counts["diverged"]  # a diverged run ends FAILED in MLflow, but it is a result, not a failure

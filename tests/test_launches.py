@@ -75,3 +75,40 @@ def test_next_steps_stay_copy_pasteable_with_a_space_in_the_workdir(tmp_path):
     words = subprocess.run(["bash", "-c", 'for w in ' + command + '; do printf "%s\\n" "$w"; done'], capture_output=True,
                            text=True).stdout.splitlines()  # fmt: skip
     assert words == ["hybridlens", "resume", str(work), "--study", "s"], (command, shlex.split(command))
+
+
+def test_a_search_is_complete_when_every_trial_ended_not_when_enough_runs_did(tmp_path):
+    """A search of one cell x 2 samples: a trial retried after a failure has two runs (failed, then
+    finished), which made the launch count as complete while the other trial never ran (review
+    finding L4 of #23); it is complete once both trials ended. A real MLflow SQLite store."""
+    from hybridlens.analysis import mlflow_layout as layout
+    from hybridlens.analysis.runs import client
+    from hybridlens.study.config import parse_config
+    from hybridlens.study.launches import close_launch
+
+    cfg = parse_config(
+        {"name": "s", "task": "task1", "grid": {"architectures": ["C24"], "activations": ["relu"], "seeds": 1},
+         "search": {"num_samples": 2, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}}
+    )  # fmt: skip
+    launch = _launch(tmp_path)
+    c = client(launch.tracking_uri)
+    exp = c.create_experiment("s")
+    launch.experiment_id = exp
+
+    def parent():
+        launch.parent_run_id = c.create_run(exp, tags={layout.TAG_KIND: "parent"}).info.run_id
+
+    def child(trial, name, status):
+        tags = {layout.TAG_PARENT: launch.parent_run_id, layout.TAG_KIND: "trial", layout.TAG_TRIAL: trial,
+                layout.TAG_RUN_NAME: name, layout.TAG_OUTCOME: status.lower()}  # fmt: skip
+        c.set_terminated(c.create_run(exp, tags=tags).info.run_id, status)
+
+    parent()
+    child("t1", "C24-relu-lr0.001-s0", "FAILED")
+    child("t1", "C24-relu-lr0.001-s0", "FINISHED")  # the retry, a run of its own
+    assert not close_launch(launch, cfg, echo=lambda m: None).complete
+    parent()
+    child("t1", "C24-relu-lr0.001-s0", "FINISHED")
+    child("t2", "C24-relu-lr0.0002-s0", "FINISHED")
+    summary = close_launch(launch, cfg, echo=lambda m: None)
+    assert summary.complete and summary.finished == 2

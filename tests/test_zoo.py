@@ -35,13 +35,25 @@ def test_parameter_counts_by_hand(name, task, expected):
     assert model(torch.randn(5, 4, 200)).shape == (5, 12 if task == "task1" else 1)
 
 
-@pytest.mark.parametrize("first_pool, second, positions", [(1, 100, 2), (4, 25, 2), (25, 4, 2), (50, 2, 2), (3, 33, 2)])
+@pytest.mark.parametrize("first_pool, second, positions", [(1, 100, 2), (4, 25, 2), (25, 4, 2), (50, 2, 2), (100, 1, 2)])
 def test_the_pools_of_cnn_pool(first_pool, second, positions):
     """The released models' pools multiply to 100 (cnn_2: 2 then 50; cnn_25: 25 then 4); the first is the
     setting. The parameter count is the same for every pool: only what the first layer sees changes."""
     model = build("cnn-pool", "task1", "exp", seed=0, first_pool=first_pool)
     assert model.pools == (first_pool, second) and model.positions == positions
     assert count_parameters(model) == count_parameters(build("cnn-pool", "task1", "exp", seed=0))
+
+
+def test_a_first_pool_that_does_not_divide_100_is_refused():
+    """Pools that do not multiply to 100 (3 then 33) are none of the released models', and their
+    parameter count differs with the pool (60 then 1 sees 3 positions): refused, in the model and in a
+    study config (one line; review finding L3 of #23)."""
+    from hybridlens.study.config import axis_value_problem
+
+    with pytest.raises(ValueError, match="first_pool must divide 100 \\(got 3\\)"):
+        build("cnn-pool", "task1", "exp", first_pool=3)
+    assert "must divide 100" in axis_value_problem("model.first_pool", 60)
+    assert axis_value_problem("model.first_pool", 20) is None
 
 
 def test_first_pool_is_cnn_pools_alone():
