@@ -313,7 +313,10 @@ def compute_floors(sel: Selection, shared: _Shared) -> None:
             targets = scoring_targets(ds.test, shared.spec.name, max_sequences=shared.max_sequences)
         except (RunError, Unavailable):
             continue
-        model = build_from_params(runs[0].data.params, seed=FLOOR_SEED).to(shared.device).eval()
+        try:  # a run whose sizes today's models refuse (it was skipped with its reason): no floor
+            model = build_from_params(runs[0].data.params, seed=FLOOR_SEED).to(shared.device).eval()
+        except ValueError:
+            continue
         shared.floors[key] = floor_scores(shared.attributions, model, ds.test, targets)
 
 
@@ -612,6 +615,9 @@ def _analyze_locked(
         echo=echo,
     )
     selected_ids = {r.info.run_id for rs in sel.chosen.values() for r in rs}
+    drawn = list(dict.fromkeys(k for run in sel.usable for k in run_drawn(run)))
+    # a drawn null (choice: [null, 5] of early_stopping_patience) is a value of its own, as on an axis
+    null_drawn = {k for run in sel.usable for k, v in run_drawn(run).items() if v is None}
     rows, best_filters = [], {}
     with tempfile.TemporaryDirectory(prefix="hybridlens-analysis-") as tmp:
         tmp = Path(tmp)
@@ -641,7 +647,7 @@ def _analyze_locked(
                     "activation": p["activation"],
                     "axes": config_key(run)[2],
                     **run_axes(run),
-                    **run_drawn(run),
+                    **{k: axis_value_text(v) if k in null_drawn else v for k, v in run_drawn(run).items()},
                     "seed": int(p["seed"]),
                     "selected": run.info.run_id in selected_ids,
                     **{k: m.get(k, np.nan) for k in CLASS_METRICS + [sel.rank_key]},
@@ -664,7 +670,6 @@ def _analyze_locked(
         summary["finished"] = [
             sel.available.get(k, 0) for k in zip(summary["architecture"], summary["activation"], summary["axes"])
         ]
-        drawn = list(dict.fromkeys(k for run in sel.usable for k in run_drawn(run)))
         # a search draws every trial's values on its own: a seed's exp and relu runs are no pair
         paired = pd.DataFrame() if drawn else _with_axes(paired_exp_vs_relu(per_run, metrics_list), sel, axis_columns)
         compute_floors(sel, shared)

@@ -58,10 +58,14 @@ def _pack_cells(trial) -> list[str]:
 _DRIVER: dict = {}
 
 
-def _restored_progress():
+def _restored_progress(echo: Echo, total: int, launch: Launch | None):
     """The progress callback a ``tuner.pkl`` unpickles into: one bound to the launch this process drives
-    now (a resume of a moved or copied workdir marks its runs in the copy), not the one it was saved with."""
-    return _progress_callback(_DRIVER.get("echo", lambda *_: None), _DRIVER.get("total", 0), _DRIVER.get("launch"))
+    now (a resume of a moved or copied workdir marks its runs in the copy), not the one it was saved
+    with; where no launch is driven here (Ray Client, ``ray://``, builds the Tuner in a remote actor),
+    the one it was saved with."""
+    if _DRIVER:
+        return _progress_callback(_DRIVER["echo"], _DRIVER["total"], _DRIVER["launch"])
+    return _progress_callback(echo, total, launch)
 
 
 def _progress_callback(echo: Echo, total: int, launch: Launch | None):
@@ -74,7 +78,7 @@ def _progress_callback(echo: Echo, total: int, launch: Launch | None):
         def __reduce__(self):
             # Ray saves the run config (its callbacks too) in tuner.pkl and Tuner.restore gives back that
             # copy: pickled as is, it would hold the first launch's workdir and tracking URI
-            return _restored_progress, ()
+            return _restored_progress, (echo, total, self.launch)
 
         def __init__(self):
             self.launch = launch  # where stopped runs are marked
@@ -304,6 +308,7 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_fa
         with signals, _quiet_ray_tune():
             tuner.fit()
     finally:
+        _DRIVER.clear()
         try:
             summary = close_launch(launch, cfg, echo)
         except Exception as e:

@@ -33,3 +33,14 @@ def test_a_restored_tuner_marks_stopped_runs_in_the_launch_that_resumes_it(tmp_p
         assert callback.launch is moved and callback.launch.workdir == str(tmp_path / "moved")
     finally:
         fit._DRIVER.clear()
+
+
+def test_without_a_driven_launch_the_callback_keeps_the_one_it_was_saved_with(tmp_path):
+    """Ray Client (``ray://``) builds the Tuner in a remote actor, where this process' launch is not
+    known: the callback unpickles bound to the launch it was pickled with, never to none."""
+    from ray import cloudpickle
+
+    first = _launch(tmp_path / "first")
+    fit._DRIVER.clear()
+    callback = cloudpickle.loads(cloudpickle.dumps(fit._progress_callback(print, 3, first)))
+    assert callback.launch == first and callback.launch is not first
