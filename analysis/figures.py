@@ -11,6 +11,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from hybridlens.analysis.mlflow_layout import axes_label
+
 METRIC_LABELS = {
     "test_aupr": "AUPR",
     "test_auroc": "AUC",
@@ -265,12 +267,12 @@ def heatmap_grids(
     ``rest`` (a third axis would otherwise write two configurations into one cell), each its name
     (``cnn-pool relu, filters=8``) and per metric a ``(len(va), len(vb))`` array of ``<metric>_mean``
     (NaN where no configuration has those values)."""
-    short = {k: k.split(".", 1)[-1] for k in rest}
     va, vb = sorted(set(summary[a].dropna())), sorted(set(summary[b].dropna()))
     rows = []
     for key, sub in summary.groupby(["architecture", "activation", *rest], sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        name = " ".join(str(x) for x in key[:2]) + "".join(f", {short[o]}={v}" for o, v in zip(rest, key[2:]))
+        label = axes_label(dict(zip(rest, key[2:])))
+        name = f"{key[0]} {key[1]}" + (f", {label}" if label else "")
         grids = {}
         for m in metrics:
             grid = np.full((len(va), len(vb)), np.nan)
@@ -332,7 +334,7 @@ def axis_figures(
         if key in summary and key not in numeric:  # init, auc, monitor: a value each, side by side
             # one series per architecture, activation and the values of the other axes
             others = [k for k in keys if k != key and k in summary]
-            label = [", ".join(f"{short[o]}={row[o]}" for o in others) for _, row in summary.iterrows()]
+            label = [axes_label({o: row[o] for o in others}) for _, row in summary.iterrows()]
             files += category_figure(summary.assign(axes=label), metrics, key, out / f"axis_{short[key]}", title=title)
     for a, b in itertools.combinations(numeric, 2):  # a heat map over each pair of numeric axes
         rest = [k for k in keys if k in summary and k not in (a, b)]
@@ -402,7 +404,7 @@ def search_figures(
                 name = " ".join(str(x) for x in (name if isinstance(name, tuple) else (name,)) if x)
                 colour = f"C{i % 10}"
                 x = g[key] if numeric else [cats.index(str(v)) for v in g[key]]
-                kept = g["selected"].to_numpy(bool) if "selected" in g else np.zeros(len(g), bool)
+                kept = g["selected"].to_numpy(bool)
                 x = np.asarray(x, dtype=float)
                 y = g[m].to_numpy(float)
                 ax.scatter(x[~kept], y[~kept], s=14, facecolors="none", edgecolors=colour, lw=0.8)
