@@ -11,15 +11,16 @@ per layer, so each kernel does the work of K members and a pack costs about the 
   LayerNorm with per-member scale and shift; attention through one ``scaled_dot_product_attention`` over
   ``K*B`` sequences;
 - the BiLSTM as batched matmuls, both directions of all members as ``2K`` batched recurrences over
-  the (pooled) positions;
+  the (pooled) positions, with a backward pass of its own whose traffic grows linearly with the
+  positions (:class:`_Recurrence`);
 - on the CPU, where oneDNN's grouped convolution and a step-by-step recurrence of small matmuls are
   slower than K separate convolutions and PyTorch's fused LSTM kernel, the convolution blocks and the
   BiLSTM run per member on views of the stacked weights (:meth:`StackedHybrid.set_batched`; the tests
   run both forms on the CPU);
 - the first-layer activation per member (relu and exp members can share a pack);
-- dropout per member, each member's masks drawn from its own generator with the shapes and in the order
-  a lone :class:`~hybridlens.models.grid.Hybrid` draws them, so on the CPU a member's masks are the ones
-  it would draw alone.
+- dropout per member: every site's masks of a forward drawn at once, one launch per member from the
+  member's own generator (:class:`_Dropout`), so a member's stream is its own (reproducible, and
+  separable from its pack-mates'), though not the masks a lone model would draw from the global one.
 
 Every operation is member-separable: a member's outputs and gradients depend on its own weights and
 inputs only (a member whose weights are NaN leaves the others untouched). :meth:`StackedHybrid.members`
@@ -30,6 +31,7 @@ the same layout). Built by :func:`stack`, for what :func:`why_not_stackable` acc
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -104,22 +106,53 @@ class _Stacked(nn.Module):
 
 
 class _Dropout:
-    """Per-member dropout: for each member, ``bernoulli_(1 - p)`` of the member's own shape from its
-    own generator, divided by ``1 - p`` (what ``F.dropout`` does on the CPU), stacked."""
+    """Per-member dropout masks for one training forward, every site's drawn at once.
+
+    A forward's dropout sites are known in advance (:meth:`StackedHybrid.dropout_sites`: each site's
+    rate and per-sequence mask shape, in forward order), so :meth:`begin` draws one uniform buffer per
+    member, ``(total,)`` from the member's own generator (one launch per member for the whole forward,
+    not one per member and site), and turns all of them into masks with two kernels: ``1 / (1 - p)``
+    where the draw is below ``1 - p``, else 0 (what ``F.dropout`` multiplies by). :meth:`take` then hands
+    out each site's block, ``(K, B, *shape)``. A member's masks depend on its own generator only: its
+    stream is reproducible and separable from its pack-mates', though not the one a lone model draws
+    (``nn.Dropout`` draws per site, from the global generator). ``keep``: hold every site's masks of the
+    latest forward in :attr:`last` (tests give a lone model the same masks).
+    """
 
     def __init__(self, generators: list[torch.Generator] | None):
         self.generators = generators
+        self.keep = False
+        self.last: list[torch.Tensor] = []
+        self._masks: torch.Tensor | None = None
+        self._offset = 0
+        self._factors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (B, dtype, device) -> keep, scale
 
-    def noise(self, p: float, shape: tuple[int, ...], like: torch.Tensor, *, time_major: bool = False) -> torch.Tensor:
-        """The members' masks ``(K, *shape)``, member k's drawn from its generator into its own contiguous
-        block; ``time_major``: each laid out in memory as a batch-first LSTM's output is, ``(T, B, C)``
-        (``F.dropout`` fills ``empty_like`` of its input in memory order)."""
-        drawn = (shape[1], shape[0], *shape[2:]) if time_major else shape
-        out = torch.empty((len(self.generators), *drawn), dtype=like.dtype, device=like.device)
-        for k, g in enumerate(self.generators):
-            out[k].bernoulli_(1 - p, generator=g)
-        out.div_(1 - p)
-        return out.transpose(1, 2) if time_major else out
+    def _keep_and_scale(self, sites: list[tuple[float, tuple[int, ...]]], b: int, like: torch.Tensor):
+        key = (b, like.dtype, like.device)
+        if key not in self._factors:
+            sizes = [b * math.prod(shape) for _, shape in sites]
+            keep = torch.cat([torch.full((n,), 1 - p, dtype=torch.float64) for (p, _), n in zip(sites, sizes)])
+            self._factors[key] = (keep.to(like.device, like.dtype), (1 / keep).to(like.device, like.dtype))
+        return self._factors[key]
+
+    def begin(self, sites: list[tuple[float, tuple[int, ...]]], b: int, like: torch.Tensor) -> None:
+        """Draw every member's masks for a forward of ``b`` sequences per member over ``sites``."""
+        keep, scale = self._keep_and_scale(sites, b, like)
+        masks = torch.empty((len(self.generators), keep.numel()), dtype=like.dtype, device=like.device)
+        for row, g in zip(masks, self.generators):
+            row.uniform_(generator=g)
+        self._masks = masks.lt_(keep).mul_(scale)
+        self._offset = 0
+        self.last = []
+
+    def take(self, b: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """The next site's masks, ``(K, b, *shape)``."""
+        n = b * math.prod(shape)
+        out = self._masks[:, self._offset : self._offset + n].view(-1, b, *shape)
+        self._offset += n
+        if self.keep:
+            self.last.append(out)
+        return out
 
 
 class StackedConvBlock(_Stacked):
@@ -208,6 +241,71 @@ class StackedLayerNorm(_Stacked):
         return F.layer_norm(x, x.shape[-1:], None, None, self.eps) * self.weight.view(view) + self.bias.view(view)
 
 
+class _Recurrence(torch.autograd.Function):
+    """The LSTM recurrence of ``D`` batched directions, with a backward pass written out.
+
+    ``gates_x`` ``(D, B, T, 4H)``: the input's share of every step's gates (biases included), PyTorch's
+    gate order (i, f, g, o); ``w_hh`` ``(D, H, 4H)``: the recurrent weights, transposed. Returns the
+    hidden states ``(D, B, T, H)`` (zero initial state).
+
+    Autograd through a Python loop of ``gates_x[:, :, t]`` would write a full-size gradient of
+    ``gates_x`` at every step (traffic growing with ``T**2``) and accumulate ``w_hh``'s gradient step by
+    step; here every step's state is written into preallocated ``(D, B, T, .)`` buffers, the backward
+    writes each step's gate gradients into one such buffer (which is ``gates_x``'s gradient) and
+    ``w_hh``'s gradient is one batched matmul over all steps. Per step: 7 kernels forward, 6 backward;
+    the factors the backward needs are computed for all steps at once. The state runs in ``gates_x``'s
+    dtype (under autocast, the one its matmul produced).
+    """
+
+    @staticmethod
+    def forward(ctx, gates_x: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
+        d, b, t, four = gates_x.shape
+        h_size = four // 4
+        ctx.w_dtype = w_hh.dtype
+        w_hh = w_hh.to(gates_x.dtype)
+        acts = gates_x.new_empty(d, b, t, four)  # sigmoid(i, f, o) and tanh(g)
+        cells, tanh_c, out = (gates_x.new_empty(d, b, t, h_size) for _ in range(3))
+        g_slice = slice(2 * h_size, 3 * h_size)
+        h = c = gates_x.new_zeros(d, b, h_size)
+        for gx, a, c_out, tc, h_out in zip(*(buf.unbind(2) for buf in (gates_x, acts, cells, tanh_c, out))):
+            gates = torch.baddbmm(gx, h, w_hh)
+            torch.sigmoid(gates, out=a)
+            torch.tanh(gates[..., g_slice], out=a[..., g_slice])
+            i, f, g, o = a.chunk(4, dim=-1)
+            torch.addcmul(f * c, i, g, out=c_out)
+            torch.tanh(c_out, out=tc)
+            torch.mul(o, tc, out=h_out)
+            h, c = h_out, c_out
+        ctx.save_for_backward(w_hh, acts, cells, tanh_c, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        w_hh, acts, cells, tanh_c, out = ctx.saved_tensors
+        d, b, t, h_size = out.shape
+        grad_out = grad_out.to(out.dtype)
+        i, f, g, o = acts.chunk(4, dim=-1)
+        c_prev = torch.cat([cells.new_zeros(d, b, 1, h_size), cells[:, :, :-1]], dim=2)
+        # d(gate pre-activations) = dc * in_factors (i, f, g) and dh * o_factor (o); dc gains dh * c_factor
+        in_factors = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=3)  # (D, B, T, 3, H)
+        o_factor = tanh_c * o * (1 - o)
+        c_factor = o * (1 - tanh_c * tanh_c)
+        grad_gates = out.new_empty(d, b, t, 4 * h_size)
+        w_t = w_hh.transpose(1, 2)
+        dh = dc = None
+        steps = zip(*(x.unbind(2) for x in (grad_out, in_factors, o_factor, c_factor, f, grad_gates)))
+        for go, inf, of, cf, fs, gg in reversed(list(steps)):
+            dh = go if dh is None else go + dh
+            dc = dh * cf if dc is None else torch.addcmul(dc, dh, cf)
+            torch.mul(dc.unsqueeze(2), inf, out=gg[..., : 3 * h_size].view(d, b, 3, h_size))
+            torch.mul(dh, of, out=gg[..., 3 * h_size :])
+            dh = torch.bmm(gg, w_t)
+            dc = dc * fs
+        h_prev = torch.cat([out.new_zeros(d, b, 1, h_size), out[:, :, :-1]], dim=2)
+        grad_w = torch.bmm(h_prev.reshape(d, b * t, h_size).transpose(1, 2), grad_gates.reshape(d, b * t, 4 * h_size))
+        return grad_gates, grad_w.to(ctx.w_dtype)
+
+
 class StackedBiLSTM(_Stacked):
     """``BiLSTM`` x K on ``(K, B, T, C)``: the 2K directions as one batched recurrence (the backward ones
     on time-reversed inputs), PyTorch's gate order (i, f, g, o) and its two biases."""
@@ -229,21 +327,10 @@ class StackedBiLSTM(_Stacked):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (K, B, T, C) -> (K, B, T, 2H)
         if not self._batched(x):
             return self._per_member(x)
-        k, b, t, _ = x.shape
-        h_size = self.hidden
+        k = self.k
         both = torch.cat([x, x.flip(2)])  # (2K, B, T, C)
         gates_x = _linear(both, self.weight_ih, self.bias_ih + self.bias_hh)  # (2K, B, T, 4H)
-        h = x.new_zeros(2 * k, b, h_size)
-        c = x.new_zeros(2 * k, b, h_size)
-        w_hh = self.weight_hh  # (2K, H, 4H)
-        outs = []
-        for step in range(t):
-            gates = torch.baddbmm(gates_x[:, :, step], h, w_hh)
-            i, f, g, o = gates.chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            outs.append(h)
-        out = torch.stack(outs, dim=2)  # (2K, B, T, H)
+        out = _Recurrence.apply(gates_x, self.weight_hh)  # (2K, B, T, H)
         return torch.cat([out[:k], out[k:].flip(2)], dim=-1)
 
     def _per_member(self, x: torch.Tensor) -> torch.Tensor:
@@ -372,6 +459,7 @@ class StackedHybrid(nn.Module):
         self.head = StackedDenseHead([m.stage3 for m in models])
         self.head._member_name = "stage3"
         self._drop = _Dropout(None)
+        self._sites: list | None = None  # the dropout sites (dropout_sites), traced at the first training forward
 
     def set_batched(self, batched: bool | None) -> "StackedHybrid":
         """Run the convolution blocks and BiLSTMs batched (True), per member (False), or batched on a GPU
@@ -387,17 +475,53 @@ class StackedHybrid(nn.Module):
             raise ValueError(f"{len(generators)} generators for {self.k} members")
         self._drop = _Dropout(list(generators))
 
+    def keep_masks(self, keep: bool = True) -> None:
+        """Hold each training forward's dropout masks in :attr:`last_masks` (a lone model can then be given
+        a member's masks: the tests' proof that a stacked step is the member's own)."""
+        self._drop.keep = keep
+
+    @property
+    def last_masks(self) -> list[torch.Tensor]:
+        """The latest training forward's masks, one ``(K, B, *shape)`` tensor per dropout site in forward
+        order (with :meth:`keep_masks`); member ``k``'s, ``[m[k] for m in last_masks]``, are what a lone
+        ``Hybrid``'s dropout modules multiply by, call by call."""
+        return self._drop.last
+
     # ------------------------------------------------------------------------------------- forward
     def _dropout(self, x: torch.Tensor, p: float, layout: str) -> torch.Tensor:
-        """Member masks for ``x`` in ``layout`` ``"conv"`` (``(B, K*C, L)``), ``"seq"`` (``(K, B, ...)``)
-        or ``"lstm"`` (``"seq"`` after a BiLSTM, whose masks a lone model draws time-major)."""
+        """Each member's masks on ``x`` in ``layout`` ``"conv"`` (``(B, K*C, L)``) or ``"seq"``
+        (``(K, B, ...)``); while :meth:`dropout_sites` traces a forward, the site is recorded instead."""
+        if self._sites_traced is not None:
+            if p > 0:
+                shape = (x.shape[1] // self.k, *x.shape[2:]) if layout == "conv" else tuple(x.shape[2:])
+                self._sites_traced.append((p, shape))
+            return x
         if not self.training or p == 0:
             return x
         if layout == "conv":
             b, kc, length = x.shape
-            noise = self._drop.noise(p, (b, kc // self.k, length), x)  # (K, B, C, L)
-            return (x.view(b, self.k, kc // self.k, length) * noise.transpose(0, 1)).view(b, kc, length)
-        return x * self._drop.noise(p, tuple(x.shape[1:]), x, time_major=layout == "lstm")
+            masks = self._drop.take(b, (kc // self.k, length))  # (K, B, C, L)
+            out = (x.view(b, self.k, kc // self.k, length) * masks.transpose(0, 1)).view(b, kc, length)
+        else:
+            out = x * self._drop.take(x.shape[1], tuple(x.shape[2:]))
+        return out.to(x.dtype)  # under autocast the masks keep the weights' dtype
+
+    _sites_traced: list | None = None
+
+    @torch.no_grad()
+    def dropout_sites(self, x: torch.Tensor) -> list[tuple[float, tuple[int, ...]]]:
+        """The dropout sites of a forward on inputs shaped like ``x`` (``(K, B, 4, L)`` or ``(B, 4, L)``):
+        ``(p, per-sequence mask shape)`` in forward order, traced by one evaluation-mode forward of one
+        sequence (no statistics move)."""
+        one = x[:1] if x.dim() == 3 else x[:, :1]
+        training, self._sites_traced = self.training, []
+        try:
+            self.eval()
+            self.forward(one)
+            return self._sites_traced
+        finally:
+            self._sites_traced = None
+            self.train(training)
 
     def _conv_to_seq(self, x: torch.Tensor) -> torch.Tensor:  # (B, K*C, P) -> (K, B, P, C)
         b, kc, p = x.shape
@@ -409,6 +533,11 @@ class StackedHybrid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = x.dim() == 3
+        if self.training and self._sites_traced is None:
+            if self._sites is None:
+                self._sites = self.dropout_sites(x)
+            if self._sites:
+                self._drop.begin(self._sites, x.shape[0] if shared else x.shape[1], self.head.bn_weight)
         if not shared:  # (K, B, 4, L) -> (B, K*4, L)
             k, b, c, length = x.shape
             x = x.transpose(0, 1).reshape(b, k * c, length)
@@ -425,7 +554,7 @@ class StackedHybrid(nn.Module):
             else:
                 x = layer(x)
             if drop is not None:
-                x = self._dropout(x, drop, "lstm" if kind == "BiLSTM" else "seq")
+                x = self._dropout(x, drop, "seq")
         return self.head(x, lambda t, p: self._dropout(t, p, "seq"))
 
     # ------------------------------------------------------------------------------- members' state

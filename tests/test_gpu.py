@@ -292,12 +292,12 @@ def test_gpu_checkpoint_loaded_for_cuda_resumes(tmp_path):
 
 def _case_stacked_steps_are_the_members_own(arch):
     """The CPU's float64 proof on the GPU, the stack batched and captured as a CUDA graph: 12 steps,
-    every step's loss, gradients, moments, weights and BatchNorm statistics are a lone trainer's (1e-9;
-    dropout off: a lone model's fused GPU dropout draws other masks than a pack's per-member ones)."""
+    dropout on (each lone model given its member's masks), every step's loss, gradients, moments,
+    weights and BatchNorm statistics are a lone trainer's (1e-9)."""
     from tests.test_pack import _double, _steps_beside_a_lone_trainer, check_steps_float64
 
     data = _double(_cuda_data(num_seqs=1000, num_outputs=12))
-    check_steps_float64(_steps_beside_a_lone_trainer(data, [(arch, "exp", 0), (arch, "relu", 1)], 12, dropout=False))
+    check_steps_float64(_steps_beside_a_lone_trainer(data, [(arch, "exp", 0), (arch, "relu", 1)], 12))
 
 
 @pytest.mark.parametrize("arch", ["C24-Att", "C4C6-LSTM-Trans4", "C4-Trans4"])

@@ -60,60 +60,50 @@ def _close(a: dict, b: dict, tol: float):
 
 
 # ---------------------------------------------------------------------------------- the stacked route
-def _no_dropout(model):
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return model
-
-
-def _steps_beside_a_lone_trainer(data, cells, steps, batched=None, dropout=True):
-    """Train a pack of ``cells`` step by step; before each step a lone one-model trainer per member takes
-    the member's state (weights, BatchNorm statistics, Adam moments and step, dropout stream) and the
-    same batch. Yields, per step and member: the lone trainer after its step, the member's gradients,
-    first moments and state after the pack's step, its loss and the lone one's, and a lone model moved
-    by PyTorch's Adam along the member's own gradient from the same state. Without ``dropout`` (on a GPU,
-    where a lone model's fused dropout kernel draws other masks than a pack's per-member ones) every
-    dropout probability is 0."""
+def _steps_beside_a_lone_trainer(data, cells, steps, batched=None):
+    """Train a pack of ``cells`` step by step; after each step a lone one-model trainer per member takes
+    the member's state from before it (weights, BatchNorm statistics, Adam moments and step), the same
+    batch and the member's dropout masks of that step (:func:`tests.test_stacked.given_masks`: a stack
+    draws its members' masks in its own layout, not a lone model's). Yields, per step and member: the
+    lone trainer after its step, the member's gradients, first moments and state after the pack's step,
+    its loss and the lone one's, and a lone model moved by PyTorch's Adam along the member's own gradient
+    from the same state."""
     from hybridlens.study.train_step import TrainStep
+    from tests.test_stacked import given_masks
 
     dtype = data.splits["train"][0].dtype
     pack = PackTrainer(batched=batched)
     for cell in cells:
         tr = _trainer(data, *cell, epochs=3)
         tr.model.to(dtype)
-        if not dropout:
-            _no_dropout(tr.model)
         pack.add(tr)
     st = pack._stack_for(pack.members)
+    st.module.keep_masks()
     x, y = data.splits["train"]
     perms = [torch.randperm(x.shape[0], generator=m.trainer.generator) for m in pack.members]
     for step in range(steps):
         start = (step * 100) % (x.shape[0] // 100 * 100)
         idx = torch.stack([p[start : start + 100] for p in perms]).to(x.device)
-        before = [(st.module.member(i), st.optimizer.member_state(i, m.trainer.model), st.generators[i].get_state())
-                  for i, m in enumerate(pack.members)]  # fmt: skip
+        before = [(st.module.member(i), st.optimizer.member_state(i, m.trainer.model)) for i, m in enumerate(pack.members)]
         st.module.train()
         st.step.begin_epoch()
         st.step(idx)
-        for i, (cell, (weights, adam, rng)) in enumerate(zip(cells, before)):
+        masks = st.module.last_masks
+        for i, (cell, (weights, adam)) in enumerate(zip(cells, before)):
 
             def lone_from_state():
                 lone = _trainer(data, *cell, epochs=3)
                 lone.model.to(dtype)
-                if not dropout:
-                    _no_dropout(lone.model)
                 lone.model.load_state_dict(weights)
                 lone.optimizer.load_state_dict(copy.deepcopy(adam))
                 lone.model.train()
                 return lone
 
             lone = lone_from_state()
-            if dropout:
-                torch.set_rng_state(rng)
             one = TrainStep(lone.model, lone.loss_fn, lone.optimizer, x, y, 100)
             one.begin_epoch()
-            one(idx[i])
+            with given_masks(lone.model, [m[i] for m in masks]):
+                one(idx[i])
             grads = st.optimizer._member_slices(i, st.optimizer.grad)
             adam_only = lone_from_state()
             for name, p in adam_only.model.named_parameters():
@@ -148,8 +138,7 @@ def test_each_stacked_step_is_the_members_own_step_in_float64(seven, arch, batch
     weights and BatchNorm statistics after it, are the lone trainer's to 1e-9 of their scale (gradients:
     1e-12 absolute at least, the rounding noise of the parameters whose gradient is 0 in exact arithmetic,
     below 1e-10 here: the attention key biases, a softmax being blind to a per-query shift, and biases
-    whose shift the dense head's BatchNorm removes (the last LayerNorm's; without dropout, the attention
-    value and output biases too); such a gradient is all noise, which Adam, dividing a gradient by its
+    whose shift the dense head's BatchNorm removes (the last LayerNorm's); such a gradient is all noise, which Adam, dividing a gradient by its
     own size, turns into steps either way, so their values are not compared)."""
     check_steps_float64(_steps_beside_a_lone_trainer(_double(seven), [(arch, "exp", 0), (arch, "relu", 1)], 20, batched))
 
@@ -227,14 +216,25 @@ def test_a_member_is_what_it_is_in_a_pack_of_its_own(seven):
             torch.testing.assert_close(three.members[i].trainer.model.state_dict()[name], t, rtol=1e-9, atol=1e-9)
 
 
+def _without_dropout(trainer: Trainer) -> Trainer:
+    for m in trainer.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return trainer
+
+
 def test_a_stacked_pack_tracks_the_lone_trainers(seven):
     """Without attention (whose early gradients are rounding noise that Adam, dividing by their size,
-    turns into different steps), three epochs of a stacked C24 member stay within 1e-4 of the lone
-    trainer's metrics."""
+    turns into different steps) and without dropout (a stack draws its members' masks in its own
+    layout, not a lone model's: the step-by-step proofs above give the lone model the member's masks),
+    three epochs of a stacked C24 member stay within 1e-4 of the lone trainer's metrics."""
     cells = [("C24", "exp", 0), ("C24", "relu", 1)]
-    hist = _history(_pack(seven, cells, 3))
+    pack = PackTrainer()
+    for cell in cells:
+        pack.add(_without_dropout(_trainer(seven, *cell, epochs=3)))
+    hist = _history(pack)
     for cell, h in zip(cells, hist):
-        for a, b in zip(h, _solo(seven, cell, 3)):
+        for a, b in zip(h, _without_dropout(_trainer(seven, *cell, epochs=3)).fit()):
             _close(a, b, 1e-4)
 
 
