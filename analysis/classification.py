@@ -51,28 +51,53 @@ def classification_metrics_torch(y_true, y_score):
     torch.Tensor
         ``(2,)`` float64 ``[auroc, aupr]`` on the input's device; NaN where the labels hold a single class.
     """
+    if y_true.shape != y_score.shape:
+        raise ValueError(f"labels and scores differ in size: {tuple(y_true.shape)} vs {tuple(y_score.shape)}")
+    return classification_metrics_members(y_true, y_score.unsqueeze(0))[0]
+
+
+def classification_metrics_members(y_true, y_scores):
+    """:func:`classification_metrics_torch` of K score sets against one set of labels at once (a pack's
+    members), in a fixed number of kernels whatever K and without a host sync.
+
+    Parameters
+    ----------
+    y_true : torch.Tensor
+        ``(N, T)`` binary labels.
+    y_scores : torch.Tensor
+        ``(K, N, T)`` scores.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(K, 2)`` float64 ``[auroc, aupr]`` per score set; NaN where the labels hold a single class.
+    """
     import torch
 
+    k = y_scores.shape[0]
     t = y_true.reshape(-1).to(torch.float64)
-    s = y_score.reshape(-1).to(torch.float64)
-    if t.shape != s.shape:
-        raise ValueError(f"labels and scores differ in size: {tuple(y_true.shape)} vs {tuple(y_score.shape)}")
-    order = torch.argsort(s, descending=True, stable=True)
-    s, t = s[order], t[order]
-    last = torch.ones_like(s, dtype=torch.bool)  # the last position of each distinct score
-    last[:-1] = s[1:] != s[:-1]
-    idx = torch.nonzero(last).squeeze(1)
-    tps = torch.cumsum(t, 0)[idx]
-    seen = (idx + 1).to(torch.float64)
+    s = y_scores.reshape(k, -1).to(torch.float64)
+    if s.shape[1] != t.shape[0]:
+        raise ValueError(f"labels and scores differ in size: {tuple(y_true.shape)} vs {tuple(y_scores.shape[1:])}")
+    order = torch.argsort(s, dim=1, descending=True, stable=True)
+    s, t = torch.gather(s, 1, order), t[order]
+    last = torch.ones_like(s, dtype=torch.bool)  # the last position of each distinct score: a threshold
+    last[:, :-1] = s[:, 1:] != s[:, :-1]
+    tps = torch.cumsum(t, 1)
+    seen = torch.arange(1, s.shape[1] + 1, dtype=torch.float64, device=s.device).expand_as(tps)
     fps = seen - tps
-    pos, neg = tps[-1], fps[-1]
-    zero = torch.zeros(1, dtype=torch.float64, device=s.device)
-    tpr = torch.cat([zero, tps / pos])
-    fpr = torch.cat([zero, fps / neg])
-    auroc = torch.trapezoid(tpr, fpr)
-    recall = tpr
-    aupr = torch.sum((recall[1:] - recall[:-1]) * (tps / seen))
-    out = torch.stack([auroc, aupr])
+    pos, neg = tps[:, -1:], fps[:, -1:]
+    tpr, fpr = tps / pos, fps / neg
+    # each threshold's predecessor on the curve: the threshold before it, or the origin
+    positions = torch.arange(s.shape[1], device=s.device).expand_as(tps)
+    latest = torch.cummax(torch.where(last, positions, -1), dim=1).values
+    prev = torch.cat([torch.full_like(latest[:, :1], -1), latest[:, :-1]], dim=1)
+    has_prev = prev >= 0
+    prev_tpr = torch.where(has_prev, torch.gather(tpr, 1, prev.clamp(min=0)), 0.0)
+    prev_fpr = torch.where(has_prev, torch.gather(fpr, 1, prev.clamp(min=0)), 0.0)
+    auroc = torch.where(last, (fpr - prev_fpr) * (tpr + prev_tpr) / 2, 0.0).sum(1)
+    aupr = torch.where(last, (tpr - prev_tpr) * (tps / seen), 0.0).sum(1)
+    out = torch.stack([auroc, aupr], dim=1)
     return torch.where((pos > 0) & (neg > 0), out, torch.full_like(out, float("nan")))
 
 
@@ -118,33 +143,42 @@ def keras_auc_torch(y_true, logits, num_thresholds: int = KERAS_THRESHOLDS):
     ``interpolate_pr_auc`` (true and predicted positives linear between thresholds, Davis & Goadrich 2006).
     NaN where the labels hold a single class, as for :func:`classification_metrics_torch`.
     """
+    if y_true.shape != logits.shape:
+        raise ValueError(f"labels and scores differ in size: {tuple(y_true.shape)} vs {tuple(logits.shape)}")
+    return keras_auc_members(y_true, logits.unsqueeze(0), num_thresholds)[0]
+
+
+def keras_auc_members(y_true, logits, num_thresholds: int = KERAS_THRESHOLDS):
+    """:func:`keras_auc_torch` of K logit sets ``(K, N, T)`` against one set of labels ``(N, T)``:
+    ``(K, 2)`` float64."""
     import torch
 
+    k = logits.shape[0]
     t = y_true.reshape(-1).to(torch.float64)
-    p = torch.sigmoid(logits.reshape(-1).to(torch.float32))
-    if t.shape != p.shape:
-        raise ValueError(f"labels and scores differ in size: {tuple(y_true.shape)} vs {tuple(logits.shape)}")
-    thr = keras_thresholds(num_thresholds).to(p.device)
-    pos_scores = torch.sort(p[t == 1]).values
-    neg_scores = torch.sort(p[t != 1]).values
+    p = torch.sigmoid(logits.reshape(k, -1).to(torch.float32))
+    if p.shape[1] != t.shape[0]:
+        raise ValueError(f"labels and scores differ in size: {tuple(y_true.shape)} vs {tuple(logits.shape[1:])}")
+    thr = keras_thresholds(num_thresholds).to(p.device).expand(k, -1).contiguous()
+    pos_scores = torch.sort(p[:, t == 1], dim=1).values
+    neg_scores = torch.sort(p[:, t != 1], dim=1).values
     # p > thr  <=>  not (p <= thr): the count above a threshold is the total minus searchsorted(right)
-    tp = (pos_scores.numel() - torch.searchsorted(pos_scores, thr, right=True)).to(torch.float64)
-    fp = (neg_scores.numel() - torch.searchsorted(neg_scores, thr, right=True)).to(torch.float64)
-    n_pos, n_neg = float(pos_scores.numel()), float(neg_scores.numel())
+    tp = (pos_scores.shape[1] - torch.searchsorted(pos_scores, thr, right=True)).to(torch.float64)
+    fp = (neg_scores.shape[1] - torch.searchsorted(neg_scores, thr, right=True)).to(torch.float64)
+    n_pos, n_neg = float(pos_scores.shape[1]), float(neg_scores.shape[1])
     fn, tn = n_pos - tp, n_neg - fp
     tpr = _div(tp, tp + fn)
     fpr = _div(fp, fp + tn)
-    auroc = torch.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2)
+    auroc = torch.sum((fpr[:, :-1] - fpr[:, 1:]) * (tpr[:, :-1] + tpr[:, 1:]) / 2, dim=1)
     # interpolate_pr_auc
-    dtp = tp[:-1] - tp[1:]
+    dtp = tp[:, :-1] - tp[:, 1:]
     pp = tp + fp
-    dp = pp[:-1] - pp[1:]
+    dp = pp[:, :-1] - pp[:, 1:]
     slope = _div(dtp, torch.clamp(dp, min=0))
-    intercept = tp[1:] - slope * pp[1:]
-    both = (pp[:-1] > 0) & (pp[1:] > 0)
-    ratio = torch.where(both, _div(pp[:-1], torch.clamp(pp[1:], min=0)), torch.ones_like(pp[1:]))
-    aupr = torch.sum(_div(slope * (dtp + intercept * torch.log(ratio)), torch.clamp(tp[1:] + fn[1:], min=0)))
-    out = torch.stack([auroc, aupr])
+    intercept = tp[:, 1:] - slope * pp[:, 1:]
+    both = (pp[:, :-1] > 0) & (pp[:, 1:] > 0)
+    ratio = torch.where(both, _div(pp[:, :-1], torch.clamp(pp[:, 1:], min=0)), torch.ones_like(pp[:, 1:]))
+    aupr = torch.sum(_div(slope * (dtp + intercept * torch.log(ratio)), torch.clamp(tp[:, 1:] + fn[:, 1:], min=0)), dim=1)
+    out = torch.stack([auroc, aupr], dim=1)
     return out if n_pos > 0 and n_neg > 0 else torch.full_like(out, float("nan"))
 
 
@@ -156,9 +190,16 @@ def _div(a, b):
 
 
 def auc_torch(y_true, logits, method: str = "exact"):
-    """``[auroc, aupr]`` of ``logits`` by ``method`` (:data:`AUC_METHODS`), on the device."""
+    """``[auroc, aupr]`` of ``logits`` ``(N, T)`` by ``method`` (:data:`AUC_METHODS`), on the device: ``(2,)``."""
+    if y_true.shape != logits.shape:
+        raise ValueError(f"labels and scores differ in size: {tuple(y_true.shape)} vs {tuple(logits.shape)}")
+    return auc_members(y_true, logits.unsqueeze(0), method)[0]
+
+
+def auc_members(y_true, logits, method: str = "exact"):
+    """:func:`auc_torch` of K logit sets ``(K, N, T)`` against labels ``(N, T)`` at once: ``(K, 2)``."""
     if method == "exact":
-        return classification_metrics_torch(y_true, logits)
+        return classification_metrics_members(y_true, logits)
     if method == "keras":
-        return keras_auc_torch(y_true, logits)
+        return keras_auc_members(y_true, logits)
     raise ValueError(f"unknown AUC method {method!r}; choose one of {', '.join(AUC_METHODS)}")

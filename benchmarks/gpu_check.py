@@ -1,24 +1,28 @@
-"""Check a GPU machine in one command: the GPU tests, which architectures capture as CUDA graphs, and
-training throughput.
+"""Check a GPU machine in one command: which architectures capture as CUDA graphs on both training routes,
+the GPU tests, and training throughput by pack size and precision.
 
-    pip install --no-deps -e .        # on a machine with torch, numpy, h5py, pandas, scikit-learn,
-    python benchmarks/gpu_check.py --out results.json     # pyyaml, typer, numba, matplotlib, pytest
+    pip install --no-deps --no-build-isolation -e .    # torch >= 2.11, numpy, h5py, pandas, scikit-learn,
+    python benchmarks/gpu_check.py --out results.json  # pyyaml, typer, numba, matplotlib, pytest
 
 Needs no Ray, MLflow, pydantic, pyjaspar, tangermeme or captum: the data is the planted-k-mer stand-in
 with Task 1's shapes (``simulate_planted``: 25,000 sequences, 17,500 training rows, 12 outputs).
 
-1. Every one of the 17 architectures on both tasks: does its training step capture as a CUDA graph, or
-   why not (``hybridlens.study.capture_check``: one child process per failure, so one failure cannot
-   decide the others).
-2. ``pytest -m gpu tests/test_gpu.py`` (every test there needs torch and the models only), in a child
-   process, but the all-architectures capture test (part 1 reports the same, per architecture).
-3. Trial-epochs/s (training + validation of one cell, batch 100) of C24-Att, C4C6-LSTM-Trans4 and
-   C4-Trans4: the one-model trainer eager and with the graph step, and packs of 1, 4, 16 and 32, with
-   the ratio to eager, the training path and the peak GPU memory (``benchmarks/study_throughput.py``).
+1. CUDA-graph capture on both routes a study trains by (``hybridlens.study.capture_check``; a child
+   process per failure, so one failure cannot decide the others): the one-model trainer for every one
+   of the 17 hybrids and the lab's CNNs, and a stacked pack of two (``PackStep``) for every hybrid, on
+   both tasks.
+2. ``pytest -m gpu tests/test_gpu.py`` in a child process, but the all-architectures capture test
+   (part 1 reports the same, per architecture and route).
+3. Trial-epochs/s (training + validation of one cell, batch 100), each row in a process of its own (a
+   failed capture turns graphs off for its whole process, so it cannot make a later row eager): the
+   goal architecture (C4C6-LSTM-Trans4) eager, with the graph step, and in stacked packs of 1, 4, 16 and
+   32 at each precision (fp32, tf32, bf16); the other architectures at fp32. Each row prints its rate,
+   its ratio to eager, its peak GPU memory and the training path it was measured on.
 
-Prints each part as it ends and writes everything to ``--out`` (JSON). Exit code 0 when every test
-passed and every architecture captured, 1 otherwise; without a CUDA device, one line and exit 0.
-A stage that would start after ``--budget`` seconds is skipped and says so.
+Every part runs in process groups of its own, ended whole on a timeout. Prints each part as it ends and
+writes everything to ``--out`` (JSON). Exit code 0 when every test passed and every probe captured, 1
+otherwise; without a CUDA device, one line and exit 0. A part or row that would start after ``--budget``
+seconds is skipped and says so.
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # study_throughput, beside this file
+HERE = Path(__file__).resolve().parent
+
+#: Seconds each part may take at most, of the budget (the throughput part takes what is left).
+CAPTURE_SECONDS, TEST_SECONDS = 150.0, 170.0
 
 
 def environment() -> dict:
@@ -50,26 +57,92 @@ def environment() -> dict:
     }
 
 
+def captures(timeout: float) -> list[dict]:
+    from hybridlens.models import ARCHITECTURES, GRID
+    from hybridlens.study.capture_check import capture_check
+
+    probes = [(a, t, "trainer") for a in ARCHITECTURES for t in ("task1", "task2")]
+    probes += [(a, t, "pack") for a in GRID for t in ("task1", "task2")]
+    return capture_check(probes, timeout=timeout)
+
+
+def print_captures(results: list[dict], seconds: float) -> None:
+    by = {(c["architecture"], c["task"], c["route"]): c for c in results}
+    print(f"\n1. CUDA-graph capture: one-model trainer and stacked pack of 2, both tasks ({seconds:.0f} s)")
+    for a in dict.fromkeys(c["architecture"] for c in results):
+        cells = []
+        for route in ("trainer", "pack"):
+            for t in ("task1", "task2"):
+                c = by.get((a, t, route))
+                cells.append("-" if c is None else "captures" if c["path"] == "cuda-graph" else f"{c['path']}: {c['reason']}")
+        print(f"   {a:<18} trainer {cells[0]:<9} {cells[1]:<9}  pack {cells[2]:<9} {cells[3]}")
+
+
 def run_tests(timeout: float) -> dict:
     """The GPU tests but the all-architectures capture test (part 1 reports the same, per architecture)."""
+    from hybridlens.study.capture_check import run_group
+
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rfE", "tests/test_gpu.py",
            "--deselect", "tests/test_gpu.py::test_every_architecture_captures_on_both_tasks"]  # fmt: skip
-    try:
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        out, code = r.stdout + r.stderr, r.returncode
-    except subprocess.TimeoutExpired as e:
-        out, code = (e.stdout or b"").decode() + f"\ntimed out after {timeout:.0f} s", -1
+    out, err, code = run_group(cmd, timeout=timeout, cwd=ROOT)
+    out += err
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|error|errors|skipped)", out)}
     failed = [ln.split(" ", 1)[1] for ln in out.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
     return {"exit_code": code, "counts": counts, "failed": failed, "tail": out[-6000:] if code else out[-800:]}
 
 
+def row_plan(archs: list[str], sizes: list[int], precisions: list[str]) -> list[tuple[str, str, int, str]]:
+    """``(architecture, kind, size, precision)``: the first architecture (the goal's) at every pack size
+    and precision, then each other one eager, graph and packs at fp32."""
+    rows = []
+    for i, arch in enumerate(archs):
+        rows += [(arch, "eager", 2, "fp32"), (arch, "graph", 2, "fp32")]
+        rows += [(arch, "pack", s, p) for p in (precisions if i == 0 else ["fp32"]) for s in sizes]
+    return rows
+
+
+def throughput(plan, *, num_seqs: int, epochs: int, deadline: float, cache: Path) -> list[dict]:
+    """Each row of ``plan`` in a process of its own (``study_throughput.py --row``), printed as it ends."""
+    from hybridlens.study.capture_check import run_group
+
+    rows, eager = [], {}
+    print(f"   {'model':<18} {'kind':<6} {'size':>4} {'precision':<9} {'rate':>10} {'ratio':>7} {'peak MiB':>9}  training path")
+    for arch, kind, size, precision in plan:
+        left = deadline - time.monotonic()
+        spec = f"{arch}:task1:{kind}:{size}:{precision}"
+        if left < 20:
+            rows.append({"architecture": arch, "kind": kind, "size": size, "precision": precision, "skipped": "out of time"})
+            print(f"   {arch:<18} {kind:<6} {size:>4} {precision:<9} skipped: out of time")
+            continue
+        cmd = [sys.executable, str(HERE / "study_throughput.py"), "--device", "cuda", "--row", spec, "--num-seqs", str(num_seqs),
+               "--epochs", str(epochs), "--data-cache", str(cache)]  # fmt: skip
+        out, err, code = run_group(cmd, timeout=min(left, 150.0), cwd=ROOT)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if code != 0 or not lines:
+            last = [ln for ln in err.strip().splitlines() if ln.strip()]
+            why = last[-1][:300] if last else f"exit code {code}"
+            rows.append({"architecture": arch, "kind": kind, "size": size, "precision": precision, "error": why})
+            print(f"   {arch:<18} {kind:<6} {size:>4} {precision:<9} failed: {why}")
+            continue
+        r = json.loads(lines[-1])
+        if kind == "eager":
+            eager[arch] = r["rate"]
+        r["ratio"] = r["rate"] / eager[arch] if eager.get(arch) else float("nan")
+        rows.append(r)
+        print(
+            f"   {arch:<18} {kind:<6} {size:>4} {precision:<9} {r['rate']:8.2f}/s {r['ratio']:6.2f}x {r['peak_mib']:9.0f}  {r['path']}",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="write the results here (JSON)")
-    ap.add_argument("--budget", type=float, default=480, help="seconds; a stage that would start later is skipped")
-    ap.add_argument("--archs", default="C24-Att,C4C6-LSTM-Trans4,C4-Trans4")
+    ap.add_argument("--budget", type=float, default=480, help="seconds; a part or row that would start later is skipped")
+    ap.add_argument("--archs", default="C4C6-LSTM-Trans4,C24-Att,C4-Trans4", help="the first one gets every precision")
     ap.add_argument("--pack-sizes", default="1,4,16,32")
+    ap.add_argument("--precisions", default="fp32,tf32,bf16")
     ap.add_argument("--num-seqs", type=int, default=25_000)
     ap.add_argument("--epochs", type=int, default=1, help="timed epochs per measurement (after one warm-up epoch)")
     ap.add_argument("--skip-tests", action="store_true")
@@ -92,82 +165,56 @@ def main() -> None:
         return args.budget - (time.monotonic() - start)
 
     results["environment"] = env = environment()
-    print(
-        f"gpu_check on {env['device']} ({env['memory_gib']} GiB, {env['multiprocessors']} SMs); torch {env['torch']}, CUDA {env['cuda']}",
-        flush=True,
-    )
-
-    from hybridlens.models import ARCHITECTURES
-    from hybridlens.study.capture_check import capture_check
+    print(f"gpu_check on {env['device']} ({env['memory_gib']} GiB, {env['multiprocessors']} SMs); torch {env['torch']}, CUDA {env['cuda']}",
+          flush=True)  # fmt: skip
 
     t0 = time.monotonic()
-    captures = capture_check([(a, t) for a in ARCHITECTURES for t in ("task1", "task2")], timeout=max(60.0, left()))
-    results["captures"] = captures
-    by = {(c["architecture"], c["task"]): c for c in captures}
-    print(
-        f"\n1. CUDA-graph capture, {len(ARCHITECTURES)} architectures (the hybrids and the lab's CNNs) x 2 tasks ({time.monotonic() - t0:.0f} s)"
-    )
-    for a in ARCHITECTURES:
-        cells = [by.get((a, t), {"path": "not probed", "reason": None}) for t in ("task1", "task2")]
-        shown = ["captures" if c["path"] == "cuda-graph" else f"{c['path']}: {c['reason']}" for c in cells]
-        print(f"   {a:<18} task1 {shown[0]:<10} task2 {shown[1]}")
+    results["captures"] = caught = captures(timeout=min(CAPTURE_SECONDS, max(30.0, left() - 60)))
+    print_captures(caught, time.monotonic() - t0)
     write()
 
     print("\n2. GPU tests (pytest -m gpu tests/test_gpu.py)", flush=True)
     if args.skip_tests:
         results["tests"] = "skipped (--skip-tests)"
-        print("   skipped (--skip-tests)")
-    elif left() > 60:
+    elif left() > 90:
         t0 = time.monotonic()
-        results["tests"] = tests = run_tests(max(60.0, left() - 150))  # leave time for part 3
+        results["tests"] = tests = run_tests(min(TEST_SECONDS, left() - 60))  # leave time for part 3
         print(f"   {tests['counts']} ({time.monotonic() - t0:.0f} s)")
         for name in tests["failed"]:
             print(f"   FAILED {name}")
-        if tests["exit_code"] not in (0,):
+        if tests["exit_code"] != 0:
             print(tests["tail"])
     else:
         results["tests"] = "skipped: out of time"
-        print("   skipped: out of time")
+    if not isinstance(results["tests"], dict):
+        print(f"   {results['tests']}")
     write()
-
-    from study_throughput import model_rows
 
     sizes = [int(s) for s in args.pack_sizes.split(",")]
-    print(
-        f"\n3. trial-epochs/s, Task 1 shapes ({args.num_seqs:,} sequences, batch 100, {args.epochs} timed epoch(s))", flush=True
-    )
-    if left() > 60:
-        t0 = time.monotonic()
-        rows = model_rows(
-            [(a, "task1") for a in args.archs.split(",")],
-            sizes,
-            device=torch.device("cuda"),
-            num_seqs=args.num_seqs,
-            epochs=args.epochs,
-            deadline=start + args.budget,
-            echo=lambda m: print("   " + m, flush=True),
+    plan = row_plan(args.archs.split(","), sizes, args.precisions.split(","))
+    print(f"\n3. trial-epochs/s, Task 1 shapes ({args.num_seqs:,} sequences, batch 100, {args.epochs} timed epoch(s)), a process per row",
+          flush=True)  # fmt: skip
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-data-") as cache:
+        results["throughput"] = rows = throughput(
+            plan, num_seqs=args.num_seqs, epochs=args.epochs, deadline=start + args.budget, cache=Path(cache)
         )
-        results["throughput"] = rows
-        print("   peak GPU memory (MiB) and training path:")
-        for row in rows:
-            for k, v in row.items():
-                if isinstance(v, dict) and "rate" in v:
-                    print(
-                        f"   {row['architecture']:<18} {k:<7} {v['rate']:8.2f} /s {v['ratio']:6.2f}x  {v['peak_mib']:8.0f} MiB  {v['path']}"
-                    )
-                elif isinstance(v, dict):
-                    print(f"   {row['architecture']:<18} {k:<7} skipped: {v['skipped']}")
-        print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
-    else:
-        results["throughput"] = "skipped: out of time"
-        print("   skipped: out of time")
+    print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
     write()
 
-    not_captured = [c for c in captures if c["path"] != "cuda-graph"]
+    not_captured = [c for c in caught if c["path"] != "cuda-graph"]
     tests_ok = isinstance(results.get("tests"), dict) and results["tests"]["exit_code"] == 0
+    measured = [r for r in rows if "rate" in r and r["kind"] == "pack" and r["architecture"] == plan[0][0]]  # the goal's
+    best = max(measured, key=lambda r: r["rate"], default=None)
     print(
-        f"\ngpu_check: {len(captures) - len(not_captured)}/{len(captures)} captured; tests "
+        f"\ngpu_check: {len(caught) - len(not_captured)}/{len(caught)} probes captured; tests "
         + ("passed" if tests_ok else "NOT all passed" if isinstance(results.get("tests"), dict) else "not run")
+        + (
+            f"; best pack {best['rate']:.1f} trial-epochs/s ({best['architecture']}, {best['size']} members, {best['precision']}, "
+            f"{best['path']})"
+            if best
+            else ""
+        )  # fmt: skip
         + f"; {time.monotonic() - start:.0f} s"
         + (f"; results in {args.out}" if args.out else "")
     )

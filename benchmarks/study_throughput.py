@@ -4,6 +4,7 @@ in one process on one device.
     python benchmarks/study_throughput.py [--device cpu|cuda] [--num-seqs 25000] [--pack-sizes 1,4,16,32]
         [--archs C24-Att,C4C6-LSTM-Trans4,C4-Trans4] [--task2-arch C4C6-LSTM-Att] [--epochs 2]
     python benchmarks/study_throughput.py --study configs/quick.yaml [--models-per-trial 1,4]
+    python benchmarks/study_throughput.py --row C4C6-LSTM-Trans4:task1:pack:16:bf16   # one row, one JSON line
 
 Model mode: (i) the one-model Trainer in eager mode, as a trial ran before packs and graphs, then the
 one-model Trainer with the CUDA-graph step, then (ii) PackTrainer at each pack size, for each
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -35,9 +37,9 @@ from hybridlens.study.simulate import simulate_planted
 from hybridlens.study.train import TensorData, TrainConfig, Trainer, seed_everything
 
 
-def _trainer(arch: str, task: str, data: TensorData, seed: int, *, graph: bool = True) -> Trainer:
+def _trainer(arch: str, task: str, data: TensorData, seed: int, *, graph: bool = True, precision: str = "fp32") -> Trainer:
     seed_everything(seed)
-    cfg = TrainConfig(epochs=10**6, seed=seed, cuda_graph=graph, early_stopping_patience=None)
+    cfg = TrainConfig(epochs=10**6, seed=seed, cuda_graph=graph, early_stopping_patience=None, precision=precision)
     return Trainer(build(arch, task, "exp" if seed % 2 else "relu", seed=seed), data, cfg)
 
 
@@ -46,10 +48,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def task_data(task: str, num_seqs: int, device: torch.device) -> TensorData:
-    """The planted stand-in with ``task``'s shapes (Task 2: an even number of sequences), on ``device``."""
+def task_data(task: str, num_seqs: int, device: torch.device, cache: Path | None = None) -> TensorData:
+    """The planted stand-in with ``task``'s shapes (Task 2: an even number of sequences), on ``device``;
+    with ``cache`` (a folder), simulated once and read back by later processes."""
     n = num_seqs if task == "task1" else num_seqs - num_seqs % 2
-    return TensorData(simulate_planted(num_seqs=n, num_outputs=TASK_SIZES[task].num_outputs), device)
+    path = cache / f"{task}-{n}.pt" if cache is not None else None
+    if path is not None and path.exists():
+        data = TensorData.__new__(TensorData)
+        saved = torch.load(path, weights_only=True)
+        data.device, data.num_outputs = device, saved["num_outputs"]
+        data.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in saved["splits"].items()}
+        return data
+    data = TensorData(simulate_planted(num_seqs=n, num_outputs=TASK_SIZES[task].num_outputs), device)
+    if path is not None:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"num_outputs": data.num_outputs, "splits": {k: (x.cpu(), y.cpu()) for k, (x, y) in data.splits.items()}}, tmp)
+        tmp.replace(path)
+    return data
 
 
 def measure(step, device: torch.device, epochs: int) -> float:
@@ -76,12 +91,12 @@ def _timed(make, device: torch.device, epochs: int) -> dict:
     return {"rate": rate, "path": "; ".join(paths), "peak_mib": peak}
 
 
-def one_model(arch: str, task: str, data: TensorData, epochs: int, *, graph: bool) -> dict:
+def one_model(arch: str, task: str, data: TensorData, epochs: int, *, graph: bool, precision: str = "fp32") -> dict:
     """One-model Trainers, eager (as a trial ran before this work) or with the graph step: a relu and an
     exp cell, one after another (a pack's members are half relu, half exp)."""
 
     def make():
-        trainers = [_trainer(arch, task, data, seed, graph=graph) for seed in (0, 1)]
+        trainers = [_trainer(arch, task, data, seed, graph=graph, precision=precision) for seed in (0, 1)]
 
         def step() -> int:
             for tr in trainers:
@@ -93,14 +108,14 @@ def one_model(arch: str, task: str, data: TensorData, epochs: int, *, graph: boo
     return _timed(make, data.device, epochs)
 
 
-def pack(arch: str, task: str, data: TensorData, epochs: int, size: int) -> dict:
+def pack(arch: str, task: str, data: TensorData, epochs: int, size: int, precision: str = "fp32") -> dict:
     """A PackTrainer of ``size`` members, stacked (a pack of one too); only the members that trained an
     epoch count."""
 
     def make():
         p = PackTrainer("stacked")
         for seed in range(size):
-            p.add(_trainer(arch, task, data, seed))
+            p.add(_trainer(arch, task, data, seed, precision=precision))
         return (lambda: sum(isinstance(r, dict) for r in p.step())), p.members
 
     return _timed(make, data.device, epochs)
@@ -146,6 +161,24 @@ def model_rows(
         echo(f"{arch:<22} {task:<6} {base if base else float('nan'):10.2f} " + " ".join(f"{c:>16}" for c in cells))
         rows.append(row)
     return rows
+
+
+#: A measurement in a process of its own (``--row``): ``ARCH:TASK:KIND:SIZE:PRECISION``, KIND one of
+#: ``eager``, ``graph`` (one-model trainers; SIZE 2, a relu and an exp cell) or ``pack`` (SIZE members).
+ROW_KINDS = ("eager", "graph", "pack")
+
+
+def row(spec: str, *, device: torch.device, num_seqs: int, epochs: int, cache: Path | None = None) -> dict:
+    """One measurement (:data:`ROW_KINDS`) as a dict: the spec's fields and ``rate``, ``path``, ``peak_mib``."""
+    arch, task, kind, size, precision = spec.split(":")
+    if kind not in ROW_KINDS:
+        raise SystemExit(f"--row: unknown kind {kind!r}; choose one of {', '.join(ROW_KINDS)}")
+    data = task_data(task, num_seqs, device, cache)
+    if kind == "pack":
+        result = pack(arch, task, data, epochs, int(size), precision)
+    else:
+        result = one_model(arch, task, data, epochs, graph=kind == "graph", precision=precision)
+    return {"architecture": arch, "task": task, "kind": kind, "size": int(size), "precision": precision, **result}
 
 
 def models(args) -> None:
@@ -202,8 +235,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--study", help="time a real study on this config instead")
     ap.add_argument("--models-per-trial", default="1,4")
+    ap.add_argument("--row", help="one measurement, ARCH:TASK:KIND:SIZE:PRECISION, printed as one JSON line (gpu_check)")
+    ap.add_argument("--data-cache", type=Path, help="a folder where the planted data is simulated once for --row runs")
     args = ap.parse_args()
-    study(args) if args.study else models(args)
+    if args.row:
+        device = torch.device(args.device)
+        print(
+            json.dumps(row(args.row, device=device, num_seqs=args.num_seqs, epochs=args.epochs, cache=args.data_cache)),
+            flush=True,
+        )
+    else:
+        study(args) if args.study else models(args)
 
 
 if __name__ == "__main__":

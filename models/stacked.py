@@ -41,7 +41,8 @@ from torch import nn
 from hybridlens.models.blocks import BN_EPS, BN_MOMENTUM, make_activation
 from hybridlens.models.grid import Hybrid
 
-#: slicer(stacked tensor or a tensor shaped like it, member index) -> the member's view
+#: slicer(stacked tensor or a tensor shaped like it, member index) -> the member's view; its ``layout``
+#: attribute, ``(kind, offset)``, says how the members lie (``rows``, ``index`` or ``index_t``)
 Slicer = Callable[[torch.Tensor, int], torch.Tensor]
 
 
@@ -52,18 +53,29 @@ def _rows(k_members: int) -> Slicer:
         n = t.shape[0] // k_members
         return t[k * n : (k + 1) * n]
 
+    view.layout = ("rows", 0)
     return view
 
 
 def _index(offset: int = 0) -> Slicer:
     """Members stacked along a new dim 0: member k is index ``offset + k``."""
-    return lambda t, k: t[offset + k]
+
+    def view(t: torch.Tensor, k: int) -> torch.Tensor:
+        return t[offset + k]
+
+    view.layout = ("index", offset)
+    return view
 
 
 def _index_t(offset: int = 0) -> Slicer:
     """Matrices stacked transposed along a new dim 0 (``(K, in, out)``, which batched matmuls take
     without copies, for members' ``(out, in)``): member k is index ``offset + k``, transposed back."""
-    return lambda t, k: t[offset + k].T
+
+    def view(t: torch.Tensor, k: int) -> torch.Tensor:
+        return t[offset + k].T
+
+    view.layout = ("index_t", offset)
+    return view
 
 
 class _Stacked(nn.Module):
@@ -572,6 +584,25 @@ class StackedHybrid(nn.Module):
     def member(self, k: int) -> dict[str, torch.Tensor]:
         """Member ``k``'s ``Hybrid`` state dict (contiguous copies)."""
         return {key: slicer(t.detach(), k).clone(memory_format=torch.contiguous_format) for key, t, slicer in self.slots()}
+
+    @torch.no_grad()
+    def export(self) -> dict[str, torch.Tensor]:
+        """Every member's tensors at once: per member state-dict key, a ``(K, *shape)`` tensor whose
+        index k is member k's tensor, contiguous: a view of the stacked tensor where its layout allows
+        (side-by-side rows, stacked indices), else one copy for all members (the transposed matrices of
+        batched matmuls). A few dozen kernels in all, whatever K, where :meth:`member` takes one per
+        member and tensor."""
+        out = {}
+        for key, t, slicer in self.slots():
+            kind, offset = slicer.layout
+            t = t.detach()
+            if kind == "rows":
+                out[key] = t.view(self.k, -1, *t.shape[1:])
+            elif kind == "index":
+                out[key] = t[offset : offset + self.k]
+            else:  # (K, in, out) -> the members' (out, in)
+                out[key] = t[offset : offset + self.k].transpose(1, 2).contiguous()
+        return out
 
     @torch.no_grad()
     def load_member(self, k: int, state: dict[str, torch.Tensor]) -> None:

@@ -27,6 +27,7 @@ from hybridlens.models.blocks import ACTIVATIONS
 from hybridlens.models.zoo import TOTAL_POOL
 from hybridlens.study.simulate import BACKGROUNDS
 from hybridlens.study.train import MONITORS, TrainConfig
+from hybridlens.study.train_step import PRECISIONS
 
 #: Test sequences a smoke test's attribution methods score (per run and method).
 SMOKE_SEQUENCES = 10
@@ -172,6 +173,7 @@ class TrainSection(_Strict):
     min_lr: float = Field(default=TrainConfig.min_lr, ge=0)
     early_stopping_patience: Optional[int] = Field(default=TrainConfig.early_stopping_patience, ge=1)  # null: off
     cuda_graph: bool = TrainConfig.cuda_graph  # false: eager steps on a GPU too
+    precision: Literal[PRECISIONS] = TrainConfig.precision  # tf32, bf16: GPU only (study.train_step)
     auc: Literal[AUC_METHODS] = TrainConfig.auc  # keras: tf.keras.metrics.AUC (200 thresholds), as the released code
 
     @field_validator("monitor")
@@ -281,6 +283,11 @@ def _distribution_problem(key: str, dist) -> str | None:
     return axis_value_problem(key, sample) or axis_value_problem(key, high - 1 if kind == "randint" else float(high))
 
 
+#: The training settings a pack's members share (one stacked step): with the model axes, they decide
+#: which cells can share a pack (:meth:`StudyConfig.pack_key`).
+PACK_SHARED = ("train.batch_size", "train.cuda_graph", "train.precision")
+
+
 class ResourcesSection(_Strict):
     cpu: float = Field(default=1, gt=0)
     gpu: float = Field(default=0, ge=0)  # fractions share a GPU between trials
@@ -367,9 +374,21 @@ class StudyConfig(_Strict):
         if pooled and others:
             problems.append(f"model.first_pool: applies to cnn-pool only, not {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}; "
                             "set it under model.per_architecture.cnn-pool, or list cnn-pool alone")  # fmt: skip
+        problems += self._precision_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _precision_problems(self) -> list[str]:
+        """A precision other than fp32 (the section's, an axis value or a search choice) needs a GPU."""
+        values = {self.train.precision, *self.grid.axes.get("train.precision", [])}
+        if self.search is not None:
+            values |= set(self.search.space.get("train.precision", {}).get("choice", []))
+        gpu_only = sorted(v for v in values if v != "fp32")
+        if gpu_only and self.resources.gpu == 0:
+            return [f"train.precision: {', '.join(map(str, gpu_only))} needs a GPU (TF32 and bfloat16 autocast are GPU settings); "
+                    "set resources.gpu, or use fp32 on the CPU"]  # fmt: skip
+        return []
 
     @model_validator(mode="after")
     def _task_defaults(self):
@@ -408,7 +427,7 @@ class StudyConfig(_Strict):
         architecture, every model axis and the batch size; other training axes (rates, patience,
         epochs) a pack's members keep each their own."""
         axes = cell.get("axes", {})
-        shared = {k: v for k, v in axes.items() if k.startswith("model.") or k in ("train.batch_size", "train.cuda_graph")}
+        shared = {k: v for k, v in axes.items() if k.startswith("model.") or k in PACK_SHARED}
         return cell["architecture"], json.dumps(shared, sort_keys=True)
 
     def packs(self) -> list[list[dict]]:
@@ -433,7 +452,7 @@ class StudyConfig(_Strict):
     def num_packs(self) -> int:
         """``len(self.packs())``, without building them."""
         g = self.grid
-        grouping = [len(v) for k, v in g.axes.items() if k.startswith("model.") or k in ("train.batch_size", "train.cuda_graph")]
+        grouping = [len(v) for k, v in g.axes.items() if k.startswith("model.") or k in PACK_SHARED]
         per_key = self.num_cells() // (len(g.architecture_names()) * math.prod(grouping))
         return len(g.architecture_names()) * math.prod(grouping) * -(-per_key // self.resources.models_per_trial)
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from hybridlens.study.flat_adam import FlatAdam
 from hybridlens.study.train import Diverged, Trainer, cpu_rng_state
-from hybridlens.study.train_step import CapturedStep
+from hybridlens.study.train_step import CapturedStep, apply_precision, autocast
 
 #: Validation rows per stacked forward, divided among the members (memory grows with the pack).
 EVAL_ROWS = 4000
@@ -87,9 +87,18 @@ class PackStep(CapturedStep):
     :attr:`loss_sum` ``(K,)`` and :attr:`logits` ``(K, N, T)`` accumulate over an epoch."""
 
     def __init__(
-        self, module, optimizer: FlatAdam, x: torch.Tensor, y: torch.Tensor, batch_size: int, generators, *, graph: bool
+        self,
+        module,
+        optimizer: FlatAdam,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        generators,
+        *,
+        graph: bool,
+        precision: str = "fp32",
     ):
-        super().__init__(x.device, x.shape[0], batch_size, graph=graph)
+        super().__init__(x.device, x.shape[0], batch_size, graph=graph, precision=precision)
         self.module, self.optimizer, self.x, self.y = module, optimizer, x, y
         self.generators = tuple(g for g in generators if g.device.type == "cuda")
         k, n = module.k, x.shape[0]
@@ -105,7 +114,8 @@ class PackStep(CapturedStep):
         flat = idx.reshape(-1)
         x = self.x.index_select(0, flat).view(k, b, *self.x.shape[1:])
         y = self.y.index_select(0, flat).view(k, b, -1)
-        logits = self.module(x)
+        with autocast(self.precision, self.device):
+            logits = self.module(x).float()
         loss = MemberBCE.apply(logits, y)  # (K,): each member's mean loss
         self.optimizer.zero_grad()  # in place: the gradients are views of one buffer, also inside a graph
         loss.sum().backward()
@@ -122,6 +132,13 @@ class PackStep(CapturedStep):
         with torch.no_grad():
             for t, saved in zip((o.flat, o.exp_avg, o.exp_avg_sq, o.step_count, *self.module.buffers()), snapshot):
                 t.copy_(saved)
+
+
+def _copy_all(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    """``d.copy_(s)`` for every pair, as fused multi-tensor copies (one list per dtype)."""
+    for dtype in {t.dtype for t in dst}:
+        pairs = [(d, s) for d, s in zip(dst, src) if d.dtype == dtype]
+        torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])
 
 
 class _Stack:
@@ -144,7 +161,11 @@ class _Stack:
             if m.adam is not None:
                 self.optimizer.load_member_state(i, m.trainer.model, m.adam)
         x, y = first.data.splits["train"]
-        self.step = PackStep(self.module, self.optimizer, x, y, cfg.batch_size, self.generators, graph=graph)
+        if device.type == "cuda":
+            apply_precision(cfg.precision)
+        self.step = PackStep(
+            self.module, self.optimizer, x, y, cfg.batch_size, self.generators, graph=graph, precision=cfg.precision
+        )
         for m in members:
             m.step = self.step
 
@@ -257,28 +278,61 @@ class PackTrainer:
         st.step.begin_epoch()
         for start in range(0, n, bs):
             st.step(perms[:, start : start + bs])
-        for i, m in enumerate(active):  # each trainer's model holds its member's weights at every epoch's end
-            m.trainer.model.load_state_dict(st.module.member(i))
-            st.save_rng(i, m)
-        valid = self._validate(st, first)
+        export = self._export(st)
+        metrics = self._metrics(st, first, n)
         out = {}
         for i, m in enumerate(active):
             tr = m.trainer
-            train = tr.metrics_from("train", st.step.logits[i])
-            train = {
-                "train_loss": float(st.step.loss_sum[i].double() / n),
-                "train_auroc": train["auroc"],
-                "train_aupr": train["aupr"],
-            }
+            train, valid = metrics[i]
+            st.save_rng(i, m)
             if not math.isfinite(train["train_loss"]):
                 m.diverged = f"training loss is {train['train_loss']} at epoch {tr.epoch + 1}"
                 out[id(m)] = Diverged(m.diverged)
                 continue
-            out[id(m)] = tr.record_epoch(train, tr.metrics_from("valid", valid[i]), lrs[i])
+            out[id(m)] = tr.record_epoch(train, valid, lrs[i], best_state=lambda i=i: self._member_copy(export, i))
         # the plateau may have moved a trainer's rate: the stack's optimizer holds it from now on, so a
         # checkpoint (or a member leaving the stack) records the rate the next epoch trains at
         st.optimizer.set_lrs([m.trainer.lr for m in active])
         return out
+
+    @staticmethod
+    @torch.no_grad()
+    def _export(st: _Stack) -> dict[str, torch.Tensor]:
+        """Each trainer's model receives its member's weights (every epoch's end): every member's tensors
+        at once (:meth:`~hybridlens.models.stacked.StackedHybrid.export`), copied by fused multi-tensor
+        copies (a few launches for all members, not one per member and tensor)."""
+        export = st.module.export()
+        states = [m.trainer.model.state_dict() for m in st.members]
+        _copy_all([state[key] for state in states for key in export], [t[k] for k in range(len(states)) for t in export.values()])
+        return export
+
+    @staticmethod
+    def _member_copy(export: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+        """Member ``k``'s state dict, copied out of an export (its best epoch's weights)."""
+        out = {key: torch.empty_like(t[k]) for key, t in export.items()}
+        _copy_all(list(out.values()), [t[k] for t in export.values()])
+        return out
+
+    def _metrics(self, st: _Stack, first: Trainer, n: int) -> list[tuple[dict, dict]]:
+        """Every member's training and validation loss, AUROC and AUPR, computed for all members at once
+        and read in one host sync."""
+        from hybridlens.analysis.classification import auc_members
+
+        valid = self._validate(st, first)
+        y_train, y_valid = first.data.splits["train"][1], first.data.splits["valid"][1]
+        method = first.config.auc
+        valid_loss = F.binary_cross_entropy_with_logits(valid, y_valid.expand_as(valid), reduction="none").mean(dim=(1, 2))
+        columns = [
+            (st.step.loss_sum.double() / n).unsqueeze(1),
+            auc_members(y_train, st.step.logits, method),
+            valid_loss.double().unsqueeze(1),
+            auc_members(y_valid, valid, method),
+        ]
+        rows = torch.cat(columns, dim=1).tolist()  # (K, 6), the epoch's one sync
+        return [
+            ({"train_loss": r[0], "train_auroc": r[1], "train_aupr": r[2]}, {"loss": r[3], "auroc": r[4], "aupr": r[5]})
+            for r in rows
+        ]
 
     @torch.no_grad()
     def _validate(self, st: _Stack, first: Trainer) -> torch.Tensor:

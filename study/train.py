@@ -28,7 +28,16 @@ from torch import nn
 from hybridlens.analysis.classification import AUC_METHODS, auc_torch
 from hybridlens.analysis.datasets import Dataset
 from hybridlens.analysis.tasks import TASKS
-from hybridlens.study.train_step import TrainStep, graphs_disabled, make_adam, normalise_optimizer, set_lr
+from hybridlens.study.train_step import (
+    PRECISIONS,
+    TrainStep,
+    apply_precision,
+    graphs_disabled,
+    make_adam,
+    normalise_optimizer,
+    precision_problem,
+    set_lr,
+)
 
 MONITORS = ("val_auroc", "val_aupr", "val_loss")
 
@@ -48,6 +57,7 @@ class TrainConfig:
     plateau_min_delta: float = 1e-4
     early_stopping_patience: int | None = 10  # None: off
     cuda_graph: bool = True  # replay the training step as a CUDA graph on a GPU (the CPU is always eager)
+    precision: str = "fp32"  # fp32, tf32 or bf16 (autocast in the training step); GPU only but fp32 (train_step)
     auc: str = "exact"  # how AUROC/AUPR are computed: exact, or keras (tf.keras.metrics.AUC, as the released code)
     seed: int = 0
 
@@ -56,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"unknown monitor {self.monitor!r}; choose one of {', '.join(MONITORS)}")
         if self.auc not in AUC_METHODS:
             raise ValueError(f"unknown AUC method {self.auc!r}; choose one of {', '.join(AUC_METHODS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         for k in ("epochs", "batch_size"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -146,6 +158,9 @@ class Trainer:
     resume bit for bit on CPU (weights, optimizer, scheduler, best weights, counters, RNG states)."""
 
     def __init__(self, model: nn.Module, data: TensorData, config: TrainConfig):
+        problem = precision_problem(config.precision, data.device)
+        if problem:
+            raise ValueError(problem)
         self.model = model.to(data.device)
         self.data, self.config = data, config
         self.loss_fn = nn.BCEWithLogitsLoss()
@@ -194,8 +209,17 @@ class Trainer:
         """The training step on this trainer's buffers (a CUDA graph on a GPU); see :mod:`.train_step`."""
         if self._train_step is None:
             x, y = self.data.splits["train"]
+            if self.data.device.type == "cuda":
+                apply_precision(self.config.precision)
             self._train_step = TrainStep(
-                self.model, self.loss_fn, self.optimizer, x, y, self.config.batch_size, graph=self.config.cuda_graph
+                self.model,
+                self.loss_fn,
+                self.optimizer,
+                x,
+                y,
+                self.config.batch_size,
+                graph=self.config.cuda_graph,
+                precision=self.config.precision,
             )
         return self._train_step
 
@@ -249,18 +273,19 @@ class Trainer:
         train = self._train_epoch()
         return self.record_epoch(train, self.evaluate("valid"), lr)
 
-    def record_epoch(self, train: dict[str, float], valid: dict[str, float], lr: float) -> dict[str, float]:
+    def record_epoch(self, train: dict[str, float], valid: dict[str, float], lr: float, best_state=None) -> dict[str, float]:
         """An epoch trained elsewhere (a pack's stacked step) or by :meth:`step`: count it, and update the
         best epoch, early stopping and the plateau from its ``train`` and ``valid`` metrics (``lr``: the
         rate it trained at). Returns the epoch's metrics, as :meth:`step` does; the model must hold the
-        epoch's weights (the best epoch's are copied from it)."""
+        epoch's weights (the best epoch's are copied from it, or taken from ``best_state()``, a copy of
+        them made elsewhere)."""
         metrics: dict[str, float] = dict(train)
         self.epoch += 1
         metrics.update({f"val_{k}": v for k, v in valid.items()})
         value = metrics[self.config.monitor]
         if self._improved(value):
             self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
-            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_state = best_state() if best_state is not None else copy.deepcopy(self.model.state_dict())
         else:
             self.bad_epochs += 1
             patience = self.config.early_stopping_patience

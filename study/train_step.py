@@ -32,10 +32,19 @@ routing into the graph's memory pool, and raises the error that broke the captur
 
 On the CPU there is nothing to capture: the step is eager, and it is exactly the loop the trainer
 always ran (same operations, same order).
+
+**Precision** (``train.precision``, :data:`PRECISIONS`): ``fp32`` computes matmuls and convolutions in
+full float32 (cuDNN's own default would take TF32 for convolutions); ``tf32`` lets cuBLAS and cuDNN
+use TF32 (10-bit mantissa inputs, float32 accumulation); ``bf16`` runs the step's forward pass and loss
+under ``torch.autocast(dtype=torch.bfloat16, cache_enabled=False)`` (the cache must be off inside a
+CUDA graph) on top of TF32, with the weights and Adam's state kept in float32. Validation, test
+metrics and everything the analysis computes run without autocast. On the CPU only ``fp32`` trains
+(:func:`precision_problem`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
@@ -51,6 +60,34 @@ WARMUP_STEPS = 3
 PATH_GRAPH, PATH_EAGER, PATH_CPU = "cuda-graph", "cuda-eager", "cpu"
 
 _capture_failure: str | None = None  # the first capture failure in this process, if any
+
+#: ``train.precision``'s values; see the module docstring.
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def precision_problem(precision: str, device: torch.device | str) -> str | None:
+    """Why ``precision`` cannot train on ``device`` (None when it can)."""
+    if precision not in PRECISIONS:
+        return f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+    if precision != "fp32" and torch.device(device).type != "cuda":
+        return f"precision {precision} needs a CUDA device (TF32 and bfloat16 autocast are GPU settings); use fp32 on the CPU"
+    return None
+
+
+def apply_precision(precision: str) -> None:
+    """Set the process's matmul and convolution precision for ``precision`` (TF32 on or off; a trial is
+    one process, and a pack's members share their precision)."""
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def autocast(precision: str, device: torch.device):
+    """The context a step's forward pass and loss run in: bfloat16 autocast for ``bf16`` (no cache:
+    cached casts would be stale across CUDA graph replays), else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
 
 
 def graphs_disabled() -> str | None:
@@ -200,8 +237,10 @@ class CapturedStep:
     #: CUDA generators (besides the default one) the step draws from inside the graph.
     generators: tuple = ()
 
-    def __init__(self, device: torch.device, rows: int, batch_size: int, *, graph: bool):
-        self.device, self.rows, self.batch_size = device, rows, batch_size
+    def __init__(self, device: torch.device, rows: int, batch_size: int, *, graph: bool, precision: str = "fp32"):
+        if precision not in PRECISIONS:  # which device may train at it is the trainer's call (precision_problem)
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self.device, self.rows, self.batch_size, self.precision = device, rows, batch_size, precision
         self.want_graph = graph and device.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_idx: torch.Tensor | None = None
@@ -312,6 +351,8 @@ class TrainStep(CapturedStep):
     graph : bool
         Capture the full-size step as a CUDA graph (on a CUDA device only, and unless
         :func:`graphs_disabled`; needs a capturable optimizer).
+    precision : str
+        :data:`PRECISIONS` (module docstring); ``bf16`` puts the forward pass and loss under autocast.
     """
 
     def __init__(
@@ -324,8 +365,9 @@ class TrainStep(CapturedStep):
         batch_size: int,
         *,
         graph: bool = False,
+        precision: str = "fp32",
     ):
-        super().__init__(x.device, x.shape[0], batch_size, graph=graph)
+        super().__init__(x.device, x.shape[0], batch_size, graph=graph, precision=precision)
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.x, self.y = x, y
         self.loss_sum = torch.zeros((), device=x.device, dtype=y.dtype)
@@ -336,8 +378,9 @@ class TrainStep(CapturedStep):
 
     def _body(self, idx: torch.Tensor, *, zero_grad: bool = True) -> None:
         """The step itself: the same code runs eagerly and under capture."""
-        logits = self.model(self.x.index_select(0, idx))
-        loss = self.loss_fn(logits, self.y.index_select(0, idx))
+        with autocast(self.precision, self.device):
+            logits = self.model(self.x.index_select(0, idx)).float()
+            loss = self.loss_fn(logits, self.y.index_select(0, idx))
         if zero_grad:
             # eagerly beside a graph, gradients are zeroed in place: the graph holds their memory
             self.optimizer.zero_grad(set_to_none=self.graph is None)

@@ -104,3 +104,25 @@ def test_the_auc_note_names_each_method_the_runs_used():
 
     assert "exact" in auc_note(["exact", "exact"]) and "Keras" not in auc_note(["exact"])
     assert "200 thresholds" in auc_note(["keras"]) and "the runs differ" in auc_note(["keras", "exact"])
+
+
+@pytest.mark.parametrize("method", ["exact", "keras"])
+def test_a_packs_metrics_at_once_are_each_members_own(method):
+    """auc_members on K score sets (ties in some, one set all tied) is each set's own: scikit-learn for
+    exact (1e-12), and the loop transcription of Keras' result() for keras (1e-9); the single-class case
+    is NaN for every member."""
+    from hybridlens.analysis.classification import auc_members
+
+    rng = np.random.default_rng(5)
+    y = (rng.random((150, 4)) < 0.3).astype(np.float32)
+    sets = [y * 1.5 + rng.normal(size=y.shape), np.round(y + rng.normal(size=y.shape)), np.zeros_like(y), -y]
+    scores = torch.as_tensor(np.stack(sets).astype(np.float32))
+    got = auc_members(torch.as_tensor(y), scores, method)
+    assert got.shape == (4, 2)
+    for k, s in enumerate(sets):
+        if method == "exact":
+            ref = _sklearn(y, s.astype(np.float32).astype(np.float64))
+        else:
+            ref = _keras_by_hand(y, torch.sigmoid(scores[k]).numpy())
+        assert got[k].tolist() == pytest.approx(ref, abs=1e-12 if method == "exact" else 1e-9), k
+    assert torch.isnan(auc_members(torch.ones(5, 2), torch.rand(3, 5, 2), method)).all()

@@ -305,3 +305,33 @@ def test_axis_values_are_taken_as_the_setting_takes_them():
 def test_first_pool_for_another_model_in_per_architecture_is_a_line():
     with pytest.raises(UserError, match="model.per_architecture.C24.first_pool: applies to cnn-pool only"):
         parse_config({"name": "x", "task": "task1", "model": {"per_architecture": {"C24": {"first_pool": 4}}}}, "x.yaml")
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"train": {"precision": "fp16"}}, "x.yaml: train.precision: Input should be 'fp32', 'tf32' or 'bf16'"),
+        ({"train": {"precision": "bf16"}}, "x.yaml: train.precision: bf16 needs a GPU (TF32 and bfloat16 autocast are GPU settings); "
+                                          "set resources.gpu, or use fp32 on the CPU"),
+        ({"grid": {"architectures": ["C24"], "axes": {"train.precision": ["fp32", "tf32"]}}}, "x.yaml: train.precision: tf32 needs a GPU"),
+        ({"search": {"num_samples": 2, "space": {"train.precision": {"choice": ["bf16", "fp32"]}}}}, "x.yaml: train.precision: bf16 needs a GPU"),
+    ],
+)  # fmt: skip
+def test_precision_is_validated_and_needs_a_gpu_beyond_fp32(patch, message):
+    """train.precision takes fp32, tf32 or bf16; tf32 and bf16 are GPU settings, refused in one line for a
+    CPU study (resources.gpu 0): a run records its precision as a param, and it must be what it trained at."""
+    with pytest.raises(UserError) as e:
+        parse_config({"name": "x", "task": "task1"} | patch, "x.yaml")
+    assert str(e.value).startswith(message)
+
+
+def test_precision_on_a_gpu_study_is_taken_shared_by_a_pack_and_recorded():
+    """With a GPU, every precision is a valid setting and axis; cells of different precisions never share
+    a pack (one stacked step trains at one precision); the cell's TrainConfig (its params) carries it."""
+    raw = {"name": "x", "task": "task1", "resources": {"gpu": 1, "models_per_trial": 4},
+           "grid": {"architectures": ["C24"], "seeds": 2, "axes": {"train.precision": ["fp32", "bf16"]}}}  # fmt: skip
+    cfg = parse_config(raw)
+    packs = cfg.packs()
+    assert len(packs) == 2 and all(len({c["axes"]["train.precision"] for c in p}) == 1 for p in packs)
+    assert {cfg.cell_train(p[0]).precision for p in packs} == {"fp32", "bf16"}
+    assert parse_config({"name": "y", "task": "task1"}).cell_train(cfg.cells()[0] | {"axes": {}}).precision == "fp32"

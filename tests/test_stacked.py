@@ -190,3 +190,18 @@ def test_the_batched_bilstm_moves_bytes_linear_in_its_positions():
     print(f"stacked BiLSTM: {per_step:.1f} ops per position, bytes T=50 / T=8 = {bytes50 / bytes8:.2f}")
     assert bytes50 / bytes8 <= 8
     assert per_step < 44
+
+
+@pytest.mark.parametrize("name", ["C24-Att", "C4C6-LSTM-Trans2", "C4-Trans1"])
+def test_export_is_every_members_state_at_once(name):
+    """export()[key][k] is member(k)[key], bit for bit, for every key and member (after a training
+    forward, so BatchNorm statistics and counts have moved), contiguous as a saved state dict must be."""
+    members = _members(name, "task1")
+    st = stack(members, [torch.Generator().manual_seed(i) for i in range(3)], batched=True)
+    st(_onehot(3, 4))
+    export = st.export()
+    for k in range(3):
+        own = st.member(k)
+        assert export.keys() == own.keys()
+        for key, t in own.items():
+            assert export[key][k].is_contiguous() and torch.equal(export[key][k], t), (k, key)

@@ -87,11 +87,9 @@ class ScriptedTrainer(Trainer):
     def _train_epoch(self):
         return {"train_loss": 0.5, "train_auroc": 0.5, "train_aupr": 0.5}
 
-    def metrics_from(self, split, logits):  # what evaluate() returns, and what a pack's stacked validation reads
-        if split == "train":
-            return super().metrics_from(split, logits)
-        v = self.script[self.epoch]  # the epoch being finished: record_epoch counts it after validation
-        return {"loss": 1 - v, "auroc": v, "aupr": v}
+    def record_epoch(self, train, valid, lr, best_state=None):  # every epoch, alone or in a pack, ends here
+        v = self.script[self.epoch]  # the epoch being finished: record_epoch counts it
+        return super().record_epoch(train, {"loss": 1 - v, "auroc": v, "aupr": v}, lr, best_state)
 
 
 def _keras_reference(script, *, lr=1e-3, factor=0.2, patience=4, stop_patience=10, min_delta=1e-4, min_lr=1e-7):
