@@ -139,8 +139,8 @@ def test_a_fallback_leaves_adam_in_its_plain_form(tiny):
 def test_precision_beyond_fp32_is_refused_on_the_cpu_in_one_line():
     """A trainer on the CPU trains at fp32 only: tf32 and bf16 are refused where it is built (the config
     refuses them for a CPU study before anything starts); an unknown precision is refused anywhere."""
-    from hybridlens.study.train import TensorData, TrainConfig, Trainer
     from hybridlens.study.simulate import simulate_planted
+    from hybridlens.study.train import TensorData, TrainConfig, Trainer
 
     data = TensorData(simulate_planted(num_seqs=200, num_outputs=1))
     for precision in ("tf32", "bf16"):
@@ -156,11 +156,11 @@ def test_a_bf16_step_autocasts_the_forward_and_keeps_float32_weights(packed):
     the step trains (its loss falls over 30 steps on one batch, where the fp32 step's falls, to within
     2e-2), its weights and gradients stay float32, its accumulated logits are float32, and its first loss
     is the fp32 step's to bfloat16's rounding (8 mantissa bits: 2e-2 relative) but not equal to it."""
+    from hybridlens.models.stacked import stack
     from hybridlens.study.flat_adam import FlatAdam
     from hybridlens.study.pack import PackStep
     from hybridlens.study.simulate import simulate_planted
     from hybridlens.study.train import TensorData
-    from hybridlens.models.stacked import stack
 
     x, y = TensorData(simulate_planted(num_seqs=300, num_outputs=1, seed=2)).splits["train"]
     idx = torch.arange(100)
