@@ -115,7 +115,7 @@ class PackStep(CapturedStep):
         x = self.x.index_select(0, flat).view(k, b, *self.x.shape[1:])
         y = self.y.index_select(0, flat).view(k, b, -1)
         with autocast(self.precision, self.device):
-            logits = self.module(x).float()
+            logits = self.module(x).to(y.dtype)  # autocast gives bfloat16 logits
         loss = MemberBCE.apply(logits, y)  # (K,): each member's mean loss
         self.optimizer.zero_grad()  # in place: the gradients are views of one buffer, also inside a graph
         loss.sum().backward()

@@ -379,7 +379,7 @@ class TrainStep(CapturedStep):
     def _body(self, idx: torch.Tensor, *, zero_grad: bool = True) -> None:
         """The step itself: the same code runs eagerly and under capture."""
         with autocast(self.precision, self.device):
-            logits = self.model(self.x.index_select(0, idx)).float()
+            logits = self.model(self.x.index_select(0, idx)).to(self.y.dtype)  # autocast gives bfloat16 logits
             loss = self.loss_fn(logits, self.y.index_select(0, idx))
         if zero_grad:
             # eagerly beside a graph, gradients are zeroed in place: the graph holds their memory
