@@ -10,14 +10,16 @@ with Task 1's shapes (``simulate_planted``: 25,000 sequences, 17,500 training ro
 1. CUDA-graph capture on both routes a study trains by (``hybridlens.study.capture_check``; a child
    process per failure, so one failure cannot decide the others): the one-model trainer for every one
    of the 17 hybrids and the lab's CNNs, and a stacked pack of two (``PackStep``) for every hybrid, on
-   both tasks.
+   both tasks (and on Task 1 at bf16: autocast inside the captured step).
 2. ``pytest -m gpu tests/test_gpu.py`` in a child process, but the all-architectures capture test
    (part 1 reports the same, per architecture and route).
 3. Trial-epochs/s (training + validation of one cell, batch 100), each row in a process of its own (a
-   failed capture turns graphs off for its whole process, so it cannot make a later row eager): the
-   goal architecture (C4C6-LSTM-Trans4) eager, with the graph step, and in stacked packs of 1, 4, 16 and
-   32 at each precision (fp32, tf32, bf16); the other architectures at fp32. Each row prints its rate,
-   its ratio to eager, its peak GPU memory and the training path it was measured on.
+   failed capture turns graphs off for its whole process, so it cannot make a later row eager), in the
+   order the budget should reach them (:func:`row_plan`): the goal architecture (C4C6-LSTM-Trans4) in
+   stacked packs of 32 and 16 at bf16, tf32 and fp32, then eager, with the graph step and in packs of 1
+   and 4 at fp32; C24-Att and C4-Trans4 eager, graph and packs of 1 and 32 at fp32; the goal's small
+   packs at tf32 and bf16 last. Each row prints its rate, its peak GPU memory and the training path it
+   was measured on, then its ratio to the one-model eager trainer.
 
 Every part runs in process groups of its own, ended whole on a timeout. Prints each part as it ends and
 writes everything to ``--out`` (JSON). Exit code 0 when every test passed and every probe captured, 1
@@ -40,8 +42,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
-#: Seconds each part may take at most, of the budget (the throughput part takes what is left).
-CAPTURE_SECONDS, TEST_SECONDS = 150.0, 170.0
+#: Seconds each part may take at most, of the budget (the throughput part takes what is left, about 210 s
+#: of the default 480: a row is a process of its own, 10-20 s).
+CAPTURE_SECONDS, TEST_SECONDS = 120.0, 150.0
 
 
 def environment() -> dict:
@@ -61,21 +64,25 @@ def captures(timeout: float) -> list[dict]:
     from hybridlens.models import ARCHITECTURES, GRID
     from hybridlens.study.capture_check import capture_check
 
-    probes = [(a, t, "trainer") for a in ARCHITECTURES for t in ("task1", "task2")]
-    probes += [(a, t, "pack") for a in GRID for t in ("task1", "task2")]
+    probes = [(a, t, "trainer", "fp32") for a in ARCHITECTURES for t in ("task1", "task2")]
+    probes += [(a, t, "pack", "fp32") for a in GRID for t in ("task1", "task2")]
+    probes += [(a, "task1", "pack", "bf16") for a in GRID]  # autocast inside the captured pack step
     return capture_check(probes, timeout=timeout)
 
 
 def print_captures(results: list[dict], seconds: float) -> None:
-    by = {(c["architecture"], c["task"], c["route"]): c for c in results}
-    print(f"\n1. CUDA-graph capture: one-model trainer and stacked pack of 2, both tasks ({seconds:.0f} s)")
+    by = {(c["architecture"], c["task"], c["route"], c.get("precision", "fp32")): c for c in results}
+    columns = [("task1", "trainer", "fp32"), ("task2", "trainer", "fp32"), ("task1", "pack", "fp32"), ("task2", "pack", "fp32"),
+               ("task1", "pack", "bf16")]  # fmt: skip
+    print(
+        f"\n1. CUDA-graph capture ({seconds:.0f} s): one-model trainer task1, task2; stacked pack of 2 task1, task2, task1 bf16"
+    )
     for a in dict.fromkeys(c["architecture"] for c in results):
         cells = []
-        for route in ("trainer", "pack"):
-            for t in ("task1", "task2"):
-                c = by.get((a, t, route))
-                cells.append("-" if c is None else "captures" if c["path"] == "cuda-graph" else f"{c['path']}: {c['reason']}")
-        print(f"   {a:<18} trainer {cells[0]:<9} {cells[1]:<9}  pack {cells[2]:<9} {cells[3]}")
+        for t, route, precision in columns:
+            c = by.get((a, t, route, precision))
+            cells.append("-" if c is None else "captures" if c["path"] == "cuda-graph" else f"{c['path']}: {c['reason']}")
+        print(f"   {a:<18} " + " ".join(f"{c:<9}" for c in cells))
 
 
 def run_tests(timeout: float) -> dict:
@@ -92,12 +99,19 @@ def run_tests(timeout: float) -> dict:
 
 
 def row_plan(archs: list[str], sizes: list[int], precisions: list[str]) -> list[tuple[str, str, int, str]]:
-    """``(architecture, kind, size, precision)``: the first architecture (the goal's) at every pack size
-    and precision, then each other one eager, graph and packs at fp32."""
-    rows = []
-    for i, arch in enumerate(archs):
+    """``(architecture, kind, size, precision)`` in the order the budget should spend itself on them: the
+    first architecture's (the goal's) largest packs at every precision (best first), its eager and
+    graph baselines and smaller packs at fp32, then each other architecture eager, graph and its
+    smallest and largest pack at fp32, then the goal's smaller packs at the other precisions."""
+    goal, big = archs[0], sorted(sizes)[-2:]
+    order = sorted(precisions, key=lambda p: ("bf16", "tf32", "fp32").index(p) if p in ("bf16", "tf32", "fp32") else 3)
+    rows = [(goal, "pack", s, p) for s in sorted(big, reverse=True) for p in order]
+    rows += [(goal, "eager", 2, "fp32"), (goal, "graph", 2, "fp32")]
+    rows += [(goal, "pack", s, "fp32") for s in sizes if s not in big]
+    for arch in archs[1:]:
         rows += [(arch, "eager", 2, "fp32"), (arch, "graph", 2, "fp32")]
-        rows += [(arch, "pack", s, p) for p in (precisions if i == 0 else ["fp32"]) for s in sizes]
+        rows += [(arch, "pack", s, "fp32") for s in dict.fromkeys([min(sizes), max(sizes)])]
+    rows += [(goal, "pack", s, p) for p in order if p != "fp32" for s in sizes if s not in big]
     return rows
 
 
@@ -105,8 +119,8 @@ def throughput(plan, *, num_seqs: int, epochs: int, deadline: float, cache: Path
     """Each row of ``plan`` in a process of its own (``study_throughput.py --row``), printed as it ends."""
     from hybridlens.study.capture_check import run_group
 
-    rows, eager = [], {}
-    print(f"   {'model':<18} {'kind':<6} {'size':>4} {'precision':<9} {'rate':>10} {'ratio':>7} {'peak MiB':>9}  training path")
+    rows = []
+    print(f"   {'model':<18} {'kind':<6} {'size':>4} {'precision':<9} {'rate':>10} {'peak MiB':>9}  training path")
     for arch, kind, size, precision in plan:
         left = deadline - time.monotonic()
         spec = f"{arch}:task1:{kind}:{size}:{precision}"
@@ -125,14 +139,18 @@ def throughput(plan, *, num_seqs: int, epochs: int, deadline: float, cache: Path
             print(f"   {arch:<18} {kind:<6} {size:>4} {precision:<9} failed: {why}")
             continue
         r = json.loads(lines[-1])
-        if kind == "eager":
-            eager[arch] = r["rate"]
-        r["ratio"] = r["rate"] / eager[arch] if eager.get(arch) else float("nan")
         rows.append(r)
         print(
-            f"   {arch:<18} {kind:<6} {size:>4} {precision:<9} {r['rate']:8.2f}/s {r['ratio']:6.2f}x {r['peak_mib']:9.0f}  {r['path']}",
-            flush=True,
+            f"   {arch:<18} {kind:<6} {size:>4} {precision:<9} {r['rate']:8.2f}/s {r['peak_mib']:9.0f}  {r['path']}", flush=True
         )
+    eager = {r["architecture"]: r["rate"] for r in rows if r.get("kind") == "eager" and "rate" in r}
+    for r in rows:
+        if "rate" in r:
+            r["ratio"] = r["rate"] / eager[r["architecture"]] if r["architecture"] in eager else float("nan")
+    print("   ratio to the one-model trainer, eager, fp32 (a pack's: to as many of them one after another):")
+    for r in rows:
+        if "rate" in r:
+            print(f"   {r['architecture']:<18} {r['kind']:<6} {r['size']:>4} {r['precision']:<9} {r['ratio']:6.2f}x")
     return rows
 
 

@@ -157,6 +157,13 @@ class _Dropout:
         self._offset = 0
         self.last = []
 
+    def release(self) -> None:
+        """Drop the latest forward's masks (an evaluation forward needs none; :attr:`last` stays while
+        ``keep``)."""
+        self._masks = None
+        if not self.keep:
+            self.last = []
+
     def take(self, b: int, shape: tuple[int, ...]) -> torch.Tensor:
         """The next site's masks, ``(K, b, *shape)``."""
         n = b * math.prod(shape)
@@ -265,22 +272,25 @@ class _Recurrence(torch.autograd.Function):
     step; here every step's state is written into preallocated ``(D, B, T, .)`` buffers, the backward
     writes each step's gate gradients into one such buffer (which is ``gates_x``'s gradient) and
     ``w_hh``'s gradient is one batched matmul over all steps. Per step: 7 kernels forward, 6 backward;
-    the factors the backward needs are computed for all steps at once. The state runs in ``gates_x``'s
-    dtype (under autocast, the one its matmul produced).
+    the factors the backward needs are computed for all steps at once. Each step's matmul runs in
+    ``gates_x``'s dtype (under bfloat16 autocast, bfloat16); the gates, cell state and backward run in
+    float32 at least (two casts a step under autocast), as a bfloat16 cell state would round away the
+    memory an LSTM keeps over the positions.
     """
 
     @staticmethod
     def forward(ctx, gates_x: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
         d, b, t, four = gates_x.shape
         h_size = four // 4
-        ctx.w_dtype = w_hh.dtype
-        w_hh = w_hh.to(gates_x.dtype)
-        acts = gates_x.new_empty(d, b, t, four)  # sigmoid(i, f, o) and tanh(g)
-        cells, tanh_c, out = (gates_x.new_empty(d, b, t, h_size) for _ in range(3))
+        state = torch.promote_types(gates_x.dtype, torch.float32)
+        ctx.dtypes = gates_x.dtype, w_hh.dtype
+        w_mm = w_hh.to(gates_x.dtype)
+        acts = gates_x.new_empty(d, b, t, four, dtype=state)  # sigmoid(i, f, o) and tanh(g)
+        cells, tanh_c, out = (gates_x.new_empty(d, b, t, h_size, dtype=state) for _ in range(3))
         g_slice = slice(2 * h_size, 3 * h_size)
-        h = c = gates_x.new_zeros(d, b, h_size)
+        h = c = gates_x.new_zeros(d, b, h_size, dtype=state)
         for gx, a, c_out, tc, h_out in zip(*(buf.unbind(2) for buf in (gates_x, acts, cells, tanh_c, out))):
-            gates = torch.baddbmm(gx, h, w_hh)
+            gates = torch.baddbmm(gx, h.to(gx.dtype), w_mm).to(state)  # both casts are no-ops but under autocast
             torch.sigmoid(gates, out=a)
             torch.tanh(gates[..., g_slice], out=a[..., g_slice])
             i, f, g, o = a.chunk(4, dim=-1)
@@ -289,7 +299,7 @@ class _Recurrence(torch.autograd.Function):
             torch.mul(o, tc, out=h_out)
             h, c = h_out, c_out
         ctx.save_for_backward(w_hh, acts, cells, tanh_c, out)
-        return out
+        return out if out.dtype == gates_x.dtype else out.to(gates_x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -303,7 +313,7 @@ class _Recurrence(torch.autograd.Function):
         o_factor = tanh_c * o * (1 - o)
         c_factor = o * (1 - tanh_c * tanh_c)
         grad_gates = out.new_empty(d, b, t, 4 * h_size)
-        w_t = w_hh.transpose(1, 2)
+        w_t = w_hh.to(out.dtype).transpose(1, 2)
         dh = dc = None
         steps = zip(*(x.unbind(2) for x in (grad_out, in_factors, o_factor, c_factor, f, grad_gates)))
         for go, inf, of, cf, fs, gg in reversed(list(steps)):
@@ -315,7 +325,8 @@ class _Recurrence(torch.autograd.Function):
             dc = dc * fs
         h_prev = torch.cat([out.new_zeros(d, b, 1, h_size), out[:, :, :-1]], dim=2)
         grad_w = torch.bmm(h_prev.reshape(d, b * t, h_size).transpose(1, 2), grad_gates.reshape(d, b * t, 4 * h_size))
-        return grad_gates, grad_w.to(ctx.w_dtype)
+        gates_dtype, w_dtype = ctx.dtypes
+        return grad_gates.to(gates_dtype), grad_w.to(w_dtype)
 
 
 class StackedBiLSTM(_Stacked):
@@ -550,6 +561,8 @@ class StackedHybrid(nn.Module):
                 self._sites = self.dropout_sites(x)
             if self._sites:
                 self._drop.begin(self._sites, x.shape[0] if shared else x.shape[1], self.head.bn_weight)
+        elif not self.training:
+            self._drop.release()  # a pack of 32 holds ~160 MB of masks between its training steps
         if not shared:  # (K, B, 4, L) -> (B, K*4, L)
             k, b, c, length = x.shape
             x = x.transpose(0, 1).reshape(b, k * c, length)

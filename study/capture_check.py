@@ -4,7 +4,7 @@ cuDNN's LSTM, ``nn.Dropout``) and a stacked pack's :class:`~hybridlens.study.pac
 two members, relu and exp, the stacked model's own BiLSTM and per-member dropout streams).
 
 A failed capture turns CUDA graphs off for the rest of its process (:mod:`.train_step`), so each probe
-runs in a child process (``python -m hybridlens.study.capture_check ARCH:TASK:ROUTE ...``), which prints
+runs in a child process (``python -m hybridlens.study.capture_check ARCH:TASK:ROUTE:PRECISION ...``), which prints
 one JSON line per probe and stops after the first one that does not capture; :func:`capture_check`
 starts a new child for the probes left. Needs torch and the models only (no Ray, MLflow or JASPAR).
 """
@@ -44,18 +44,19 @@ def probe(architecture: str, task: str, route: str = "trainer", *, batch_size: i
     pack.step()
     paths = {m.train_path for m in pack.members}
     (path, reason), *_ = sorted(paths, key=lambda p: p[0] == "cuda-graph")  # a member that did not capture first
-    return {"architecture": architecture, "task": task, "route": route, "path": path, "reason": reason}
+    return {"architecture": architecture, "task": task, "route": route, "precision": precision, "path": path, "reason": reason}
 
 
 def capture_check(probes: list[tuple[str, ...]], *, timeout: float = 600.0) -> list[dict]:
-    """:func:`probe` every ``(architecture, task)`` or ``(architecture, task, route)`` in child processes,
+    """:func:`probe` every ``(architecture, task[, route[, precision]])`` (route ``trainer`` and ``fp32``
+    where left out) in child processes,
     a new one after each probe that does not capture (or a child that dies: its probe records the
     child's last line). ``timeout``: for all of them (a child still running then is ended, its process
     group with it, and the probes left are recorded as not run)."""
     import time
 
     results: list[dict] = []
-    todo = [(*p, "trainer") if len(p) == 2 else tuple(p) for p in probes]
+    todo = [(tuple(p) + ("trainer", "fp32")[len(p) - 2 :])[:4] for p in probes]
     deadline = time.monotonic() + timeout
     while todo:
         left = deadline - time.monotonic()
@@ -91,15 +92,18 @@ def run_group(cmd: list[str], *, timeout: float, cwd=None) -> tuple[str, str, in
         out, err = proc.communicate(timeout=timeout)
         return out, err, proc.returncode
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the group ended between the timeout and the kill
+            pass
         out, err = proc.communicate()
         return out, (err or "") + f"\ntimed out after {timeout:.0f} s (its process group ended)", -1
 
 
 def main(argv: list[str]) -> None:
     for arg in argv:
-        architecture, task, route = arg.split(":")
-        result = probe(architecture, task, route)
+        architecture, task, route, precision = arg.split(":")
+        result = probe(architecture, task, route, precision=precision)
         print(json.dumps(result), flush=True)
         if result["path"] != "cuda-graph":
             return  # graphs are off in this process now: the parent starts a new one

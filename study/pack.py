@@ -315,20 +315,20 @@ class PackTrainer:
 
     def _metrics(self, st: _Stack, first: Trainer, n: int) -> list[tuple[dict, dict]]:
         """Every member's training and validation loss, AUROC and AUPR, computed for all members at once
-        and read in one host sync."""
+        (per AUC method: ``train.auc`` may differ between pack-mates) and read in one host sync."""
         from hybridlens.analysis.classification import auc_members
 
         valid = self._validate(st, first)
         y_train, y_valid = first.data.splits["train"][1], first.data.splits["valid"][1]
-        method = first.config.auc
         valid_loss = F.binary_cross_entropy_with_logits(valid, y_valid.expand_as(valid), reduction="none").mean(dim=(1, 2))
-        columns = [
-            (st.step.loss_sum.double() / n).unsqueeze(1),
-            auc_members(y_train, st.step.logits, method),
-            valid_loss.double().unsqueeze(1),
-            auc_members(y_valid, valid, method),
-        ]
-        rows = torch.cat(columns, dim=1).tolist()  # (K, 6), the epoch's one sync
+        aucs = torch.empty(st.module.k, 4, dtype=torch.float64, device=valid.device)
+        methods = [m.trainer.config.auc for m in st.members]
+        for method in dict.fromkeys(methods):
+            rows = torch.tensor([i for i, m in enumerate(methods) if m == method], device=valid.device)
+            train = auc_members(y_train, st.step.logits.index_select(0, rows), method)
+            aucs[rows] = torch.cat([train, auc_members(y_valid, valid.index_select(0, rows), method)], dim=1)
+        columns = [(st.step.loss_sum.double() / n).unsqueeze(1), aucs[:, :2], valid_loss.double().unsqueeze(1), aucs[:, 2:]]
+        rows = torch.cat(columns, dim=1).tolist()  # (K, 6), the epoch's one sync (keras: one more, to split the labels)
         return [
             ({"train_loss": r[0], "train_auroc": r[1], "train_aupr": r[2]}, {"loss": r[3], "auroc": r[4], "aupr": r[5]})
             for r in rows

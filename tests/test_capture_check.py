@@ -72,3 +72,28 @@ def test_an_unknown_route_is_refused():
     assert ROUTES == ("trainer", "pack")
     with pytest.raises(ValueError, match="unknown route 'stacked'; choose one of trainer, pack"):
         probe("C24", "task1", "stacked")
+
+
+def test_the_throughput_rows_spend_the_budget_on_the_goal_first():
+    """gpu_check's row plan: every row once; the goal architecture's largest packs at every precision
+    (bf16 first) before anything else, then its fp32 baselines, the other architectures at fp32 only,
+    the goal's small packs at tf32 and bf16 last (a budget that runs out skips what matters least)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_check import row_plan
+
+    plan = row_plan(["G", "A"], [1, 4, 16, 32], ["fp32", "tf32", "bf16"])
+    assert len(plan) == len(set(plan))
+    assert plan[:6] == [("G", "pack", s, p) for s in (32, 16) for p in ("bf16", "tf32", "fp32")]
+    assert plan[6:10] == [
+        ("G", "eager", 2, "fp32"),
+        ("G", "graph", 2, "fp32"),
+        ("G", "pack", 1, "fp32"),
+        ("G", "pack", 4, "fp32"),
+    ]
+    assert all(p == "fp32" for a, _, _, p in plan if a == "A") and {s for a, k, s, _ in plan if a == "A" and k == "pack"} == {
+        1,
+        32,
+    }
+    assert plan[-4:] == [("G", "pack", s, p) for p in ("bf16", "tf32") for s in (1, 4)]

@@ -143,18 +143,22 @@ def _steps(name, data, graph, *, rows, lr=1e-3):
 
 def _case_graph_matches_eager(name):
     """Dropout on: the same losses and weights within 1e-4 for 20 steps (one of them a smaller batch,
-    trained eagerly beside the graph), TF32 off."""
+    trained eagerly beside the graph), TF32 off; the weights but those whose true gradient is 0."""
     _full_float32()
     data = _cuda_data()
     order = torch.randperm(data.splits["train"][0].shape[0], generator=torch.Generator().manual_seed(0)).cuda()
     rows = [order[i * 100 : i * 100 + (37 if i == 10 else 100)] for i in range(20)]
     g_losses, g = _steps(name, data, True, rows=rows)
     e_losses, e = _steps(name, data, False, rows=rows)
-    # the same kernels and the same (capturable) Adam on both sides: float32 rounding where replay and launch
-    # may pick another cuBLAS kernel, over 20 steps: 1e-4 on losses, 1e-3 relative on weights
+    # the same kernels and the same (capturable) Adam on both sides, TF32 off, deterministic cuDNN: what is
+    # left is float32 rounding wherever the replay and the eager launch may not run one kernel (cuBLAS
+    # chooses per call), over 20 steps: 1e-4 on losses, 1e-3 relative on weights; the parameters whose
+    # true gradient is 0 step by rounding noise in both and are left out (_noise_gradients)
     np.testing.assert_allclose(g_losses, e_losses, rtol=0, atol=1e-4)
-    for a, b in zip(g.model.state_dict().values(), e.model.state_dict().values()):
-        torch.testing.assert_close(a.float(), b.float(), rtol=1e-3, atol=1e-4)
+    noise = _noise_gradients(name, data)
+    for (k, a), b in zip(g.model.state_dict().items(), e.model.state_dict().values()):
+        if k not in noise:
+            torch.testing.assert_close(a.float(), b.float(), rtol=1e-3, atol=1e-4, msg=k)
     assert g_losses[-1] < g_losses[0]
 
 

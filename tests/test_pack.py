@@ -385,3 +385,19 @@ def test_every_member_of_a_pack_learns():
     aurocs = [m.trainer.evaluate("valid")["auroc"] for m in pack.members]
     print("pack of 3, val AUROC after 20 epochs:", [f"{a:.3f}" for a in aurocs])
     assert min(aurocs) > 0.7
+
+
+def test_pack_mates_with_other_auc_methods_keep_their_own(tiny):
+    """train.auc is a grid axis that does not split packs: an exact and a keras member of one stacked
+    pack each record the metrics their own method gives (a lone trainer's metrics_from on the member's
+    own logits), not the first member's."""
+    cells = [("C24", "exp", 0), ("C24", "relu", 1)]
+    pack = PackTrainer()
+    for cell, auc in zip(cells, ("exact", "keras")):
+        pack.add(_trainer(tiny, *cell, epochs=1, auc=auc))
+    results = pack.step()
+    assert pack.stacked
+    for m, r in zip(pack.members, results):
+        own = m.trainer.evaluate("valid")  # the member's model holds the epoch's weights; its own method
+        assert (r["val_auroc"], r["val_aupr"]) == pytest.approx((own["auroc"], own["aupr"]), abs=1e-6)
+    assert results[0]["val_auroc"] != results[1]["val_auroc"]
