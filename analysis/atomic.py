@@ -64,13 +64,13 @@ def check_can_create(folder: Path, what: str) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(
-    path: str | os.PathLike, *, marker: str | None = None, check: Callable[[Path], object] | None = None
+    path: str | os.PathLike, *, marker: str | None = None, marker_text: str = "", check: Callable[[Path], object] | None = None
 ) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (an existing
     folder there is swapped out, then removed), on any error or interrupt it is deleted and ``path``
     is left as it was. The folder gets the permissions a plain ``mkdir`` would give (not the temporary
-    folder's 0700); ``marker`` names an empty file left in it, by which :func:`check_replaceable` knows
-    the folder as one this code wrote. Check ``path`` with :func:`check_replaceable` first; ``check``
+    folder's 0700); ``marker`` names a file left in it (holding ``marker_text``: whose folder it is), by
+    which :func:`check_replaceable` knows the folder as one this code wrote. Check ``path`` with :func:`check_replaceable` first; ``check``
     (that check, say) runs again just before the swap, as the folder may have changed meanwhile."""
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def atomic_dir(
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         if marker:
-            (tmp / marker).touch()
+            (tmp / marker).write_text(marker_text)
         yield tmp
         if check is not None:
             check(path)

@@ -14,6 +14,38 @@ them (SPEC.md "MLflow layout"): tag names, outcomes and run names, defined once.
 
 from __future__ import annotations
 
+import re
+
+#: A study's name: the MLflow experiment's, and part of file names under its workdir
+#: (``studies/NAME.json``, ``analysis/NAME``): letters, digits, ``_``, ``.``, ``-``, starting with a letter or
+#: digit, never ``..``, at most :data:`MAX_STUDY_NAME` characters.
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_STUDY_NAME = 100
+
+
+def study_name_problem(name) -> str | None:
+    """Why ``name`` cannot be a study's name (None when it can): the one rule for a config's ``name``,
+    ``--study`` and a recorded launch, checked before any file is opened."""
+    if not isinstance(name, str) or not name:
+        return "a study name is a non-empty string"
+    if len(name) > MAX_STUDY_NAME:
+        return f"a study name is at most {MAX_STUDY_NAME} characters (got {len(name)})"
+    if not re.match(STUDY_NAME_PATTERN, name) or ".." in name:
+        return (f"{name!r} is not a study name: letters, digits, '_', '.' and '-' only, starting with a letter or "
+                "digit, no '..' and no path separators")  # fmt: skip
+    return None
+
+
+def check_study_name(name, flag: str = "--study") -> str:
+    """``name`` if it is a study name (:func:`study_name_problem`), else a one-line :class:`UserError`."""
+    from hybridlens.analysis.errors import UserError
+
+    problem = study_name_problem(name)
+    if problem:
+        raise UserError(f"{flag}: {problem}")
+    return name
+
+
 TAG_STUDY = "hybridlens.study"
 TAG_TRIAL = "hybridlens.trial_id"
 TAG_CONFIG_HASH = "hybridlens.config_hash"

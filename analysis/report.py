@@ -336,24 +336,44 @@ def _written_by_analysis(name: str) -> bool:
     return name == "analysis.json"
 
 
-def check_out_dir(path: str | Path) -> Path:
+def check_out_dir(path: str | Path, *, study: str | None = None, replace: bool = False) -> Path:
     """The analysis output folder, resolved, if the analysis may write it: new, or a folder an analysis
     wrote (its marker, or, from before the marker, an ``analysis.json`` of ours among files with the
     names an analysis writes, and nothing else). A file, the current folder (or one holding it), a
-    folder that takes no files or a folder of anything else is refused in one line."""
+    folder that takes no files or a folder of anything else is refused in one line; so is the folder
+    of another study's analysis (its marker, or its ``analysis.json``, names the study), unless
+    ``replace``."""
     from hybridlens.analysis.atomic import check_replaceable
 
     p = Path(path).resolve()
     legacy = False
     if p.is_dir() and not (p / ANALYSIS_MARKER).exists() and (p / "analysis.json").is_file():
-        try:
-            earlier = json.loads((p / "analysis.json").read_text())
-        except (OSError, ValueError):
-            earlier = {}
-        legacy = {"study", "task", "parent_run_id"} <= set(earlier) and all(
+        legacy = {"study", "task", "parent_run_id"} <= set(_read_json(p / "analysis.json")) and all(
             f.is_file() and _written_by_analysis(f.name) for f in p.iterdir()
         )
-    return check_replaceable(p, ANALYSIS_MARKER, "analysis output folder", ours=legacy)
+    out = check_replaceable(p, ANALYSIS_MARKER, "analysis output folder", ours=legacy)
+    earlier = written_for(out) if out.is_dir() else None
+    if study is not None and earlier is not None and earlier != study and not replace:
+        raise UserError(
+            f"analysis output folder {path} holds the analysis of study {earlier!r}, not {study!r}; "
+            "give another --out, or pass --replace to replace it"
+        )
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def written_for(folder: Path) -> str | None:
+    """The study an analysis output folder was written for: its marker's record, else (a marker from
+    before it held one) its ``analysis.json``'s; None when neither says."""
+    study = _read_json(folder / ANALYSIS_MARKER).get("study") if (folder / ANALYSIS_MARKER).is_file() else None
+    return study if isinstance(study, str) else _read_json(folder / "analysis.json").get("study")
 
 
 def analysis_lock_path(workdir: Path | None, study: str, out_dir: Path | None, uri: str = "") -> Path:
@@ -415,8 +435,11 @@ def draw_figures(
     metrics = spec.interp_metrics + ("test_auroc",)
     if "axes" in summary and summary["axes"].astype(bool).any():  # each interpretation metric along each axis
         files = axis_figures(summary, metrics, axes, out, title=title)
-    else:
+    elif has_exp_and_relu(summary):
         files = scatter_exp_vs_relu(summary, spec.figure_metrics, out / spec.figure, title=title)
+    else:  # a figure of exp against relu with nothing to put in it
+        echo(f"  no {spec.figure} figure: no architecture has both exp and relu runs")
+        files = []
     if drawn and per_run is not None:
         files += search_figures(per_run, metrics, drawn, out, title=title.split(";")[0])
     if summary["activation"].nunique() > 2:  # an activation study: every metric for every activation
@@ -432,6 +455,11 @@ def draw_figures(
     ]
     echo(f"  drawing {len(jobs)} filter-logo grids")
     return files + filter_logos_many(jobs)
+
+
+def has_exp_and_relu(summary: pd.DataFrame) -> bool:
+    """Whether some architecture of ``summary`` has both exp and relu rows (an exp-vs-relu point)."""
+    return any({"exp", "relu"} <= set(g["activation"]) for _, g in summary.groupby("architecture"))
 
 
 def attribution_table(selected: pd.DataFrame, shared: _Shared) -> pd.DataFrame | None:
@@ -532,6 +560,7 @@ def analyze_study(
     max_sequences: int = MAX_SEQUENCES,
     device: str | None = None,
     workdir: str | Path | None = None,
+    replace: bool = False,
     echo: Echo = print,
 ) -> AnalysisResult:
     """Analyse a study's latest launch (or ``parent_run_id``) from its MLflow store ``uri``.
@@ -546,23 +575,26 @@ def analyze_study(
     attention scores. ``workdir`` is where runs' relative dataset paths lie.
     Runs that cannot be analysed are skipped with their reason; the others still are.
 
-    ``out_dir`` must be new or a folder an analysis wrote (:func:`check_out_dir`), checked before any
-    work; analyses of one study take turns (a lock, :func:`analysis_lock_path`): a second one says who
+    ``out_dir`` must be new or a folder an analysis of this study wrote (:func:`check_out_dir`; another
+    study's only with ``replace``), checked before any work; analyses of one study take turns (a lock, :func:`analysis_lock_path`): a second one says who
     runs the first and waits for it, then finds the values already logged and logs nothing twice.
     """
     from hybridlens.analysis.ground_truth import GROUND_TRUTH_RULES
     from hybridlens.analysis.locks import FileLock
+    from hybridlens.analysis.mlflow_layout import check_study_name
 
+    check_study_name(study)  # before any file is opened: a name with a path would lock a file outside
     if ground_truth not in GROUND_TRUTH_RULES:
         raise UserError(f"unknown ground-truth rule {ground_truth!r}; choose one of {', '.join(GROUND_TRUTH_RULES)}")
-    out = check_out_dir(out_dir) if out_dir else None
+    mlruns.find_study(uri, study, parent_run_id)  # an unknown study is one line, and leaves no lock behind
+    out = check_out_dir(out_dir, study=study, replace=replace) if out_dir else None
     workdir = Path(workdir).resolve() if workdir else None
     lock = FileLock(analysis_lock_path(workdir, study, out, uri), f"the analysis of study {study!r}").acquire(wait=echo)
     try:
         return _analyze_locked(
             uri, study, parent_run_id=parent_run_id, task=task, top_k=top_k, rank_on=rank_on, out_dir=out, release=release,
             ground_truth=ground_truth, attributions=attributions, max_sequences=max_sequences, device=device,
-            workdir=workdir, echo=echo,
+            workdir=workdir, replace=replace, echo=echo,
         )  # fmt: skip
     finally:
         lock.release()
@@ -583,6 +615,7 @@ def _analyze_locked(
     max_sequences: int,
     device: str | None,
     workdir: Path | None,
+    replace: bool,
     echo: Echo,
 ) -> AnalysisResult:
     import torch
@@ -704,7 +737,9 @@ def _analyze_locked(
         }
         # all or nothing: tables, figures and analysis.json are written to a fresh folder that then
         # replaces the old one; the parent run gets them only after that
-        with atomic_dir(out, marker=ANALYSIS_MARKER, check=check_out_dir) as staging:
+        marker = json.dumps({"study": study, "parent_run_id": sr.parent.info.run_id})  # whose folder this is
+        recheck = lambda p: check_out_dir(p, study=study, replace=replace)  # noqa: E731
+        with atomic_dir(out, marker=ANALYSIS_MARKER, marker_text=marker, check=recheck) as staging:
             tables = {"per_run": per_run, "summary": summary, **({} if drawn else {"paired_exp_vs_relu": paired})}
             attr_table = attribution_table(per_run[per_run["selected"]], shared)
             if attr_table is not None:
@@ -720,7 +755,7 @@ def _analyze_locked(
                 spec,
                 staging,
                 f"{study}: "
-                + ("" if axis_columns else "exp vs relu, ")
+                + ("" if axis_columns or not has_exp_and_relu(summary) else "exp vs relu, ")
                 + f"{sel.best_of()} runs per configuration; error bars: std (ddof 0) over those runs",
                 echo,
                 sel.axes,

@@ -7,6 +7,7 @@ Names (SPEC.md): ``C24``, ``C24-Att``, ``C24-LSTM-Att``, ``C24-LSTM-Trans{1,2,4}
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -247,3 +248,25 @@ def build(name: str, task: str, activation: str = "exp", *, seed: int | None = N
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@functools.lru_cache(maxsize=1024)
+def size_matters(name: str, task: str, key: str, values: tuple) -> bool:
+    """Whether architecture ``name`` (``task``'s sizes) is a different model for the ``values`` of size
+    ``key``: built with each value from one seed, the models differ in a parameter's shape or in their
+    output on a fixed batch. A size the architecture does not have (``lstm_units`` for C24) leaves both
+    alike. A value the architecture cannot take (a build that fails) counts as mattering: the config
+    says why elsewhere."""
+    x = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 200), generator=torch.Generator().manual_seed(0)), 4)
+    x = x.float().transpose(1, 2)
+    seen = set()
+    for value in values:
+        try:
+            model = build(name, task, "relu", seed=0, **{key: value}).eval()
+        except ValueError:
+            return True
+        with torch.no_grad():
+            out = model(x)
+        shapes = tuple((k, tuple(t.shape)) for k, t in model.state_dict().items())
+        seen.add((shapes, tuple(out.reshape(-1).tolist())))
+    return len(seen) > 1

@@ -229,13 +229,16 @@ def analyze_cmd(
     max_sequences: int = typer.Option(
         MAX_SEQUENCES, "--max-sequences", min=1, help="Test sequences attributed per run and method (per class on Task 1)."
     ),
+    replace: bool = typer.Option(False, "--replace", help="Replace --out even when it holds another study's analysis."),
 ) -> None:
     """Analyse a study from MLflow alone: filter TPR/FPR (Task 1) or saliency (Task 2), tables, figures."""
     from hybridlens.analysis.attributions import parse_methods
+    from hybridlens.analysis.mlflow_layout import check_study_name
     from hybridlens.analysis.report import analyze_study
     from hybridlens.analysis.runs import check_tracking_uri, sqlite_uri
     from hybridlens.study.launches import prepare_store
 
+    check_study_name(study)  # before any path is built from it
     if rank_on not in ("valid", "test"):
         raise UserError(f"--rank-on must be valid or test, got {rank_on!r}")
     methods = parse_methods(attributions)
@@ -258,6 +261,7 @@ def analyze_cmd(
         max_sequences=max_sequences,
         out_dir=out or workdir / "analysis" / study,
         workdir=workdir,
+        replace=replace,
         echo=echo,
     )
 

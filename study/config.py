@@ -34,7 +34,9 @@ SMOKE_SEQUENCES = 10
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan: inf, -inf and nan (YAML's .inf, .nan, or the strings) are no setting's value; a JSON
+    # record would turn them into null
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class DataSection(_Strict):
@@ -90,7 +92,7 @@ class GridSection(_Strict):
             else:
                 converted = [axis_value(key, x) for x in values]
                 problems += [f"{key}: {p}" for _, p in converted if p]
-                if not any(p for _, p in converted) and len({json.dumps(x) for x, _ in converted}) != len(values):
+                if not any(p for _, p in converted) and _repeats([x for x, _ in converted]):
                     problems.append(f"{key}: lists a value twice")
                 v = {**v, key: [x for x, _ in converted]}  # the values as the setting takes them
         if problems:
@@ -253,6 +255,11 @@ class SearchSection(_Strict):
         return v
 
 
+def _repeats(values: list) -> bool:
+    """Whether ``values`` (as their setting takes them: 16 and 16.0 are one value) hold one twice."""
+    return len({json.dumps(x) for x in values}) != len(values)
+
+
 def _distribution_problem(key: str, dist) -> str | None:
     if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
         return f"must be one of {', '.join(f'{{{d}: [...]}}' for d in DISTRIBUTIONS)} (got {dist!r})"
@@ -260,9 +267,15 @@ def _distribution_problem(key: str, dist) -> str | None:
     if not isinstance(args, list) or not args:
         return f"{kind} takes a list (got {args!r})"
     if kind == "choice":
-        return next((p for p in (axis_value_problem(key, x) for x in args) if p), None)
+        converted = [axis_value(key, x) for x in args]
+        problem = next((p for _, p in converted if p), None)
+        return problem or (
+            "choice lists a value twice (it would be drawn twice as often)" if _repeats([x for x, _ in converted]) else None
+        )
     if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
         return f"{kind} takes [low, high] numbers (got {args!r})"
+    if not all(math.isfinite(a) for a in args):
+        return f"{kind} takes finite bounds (got {args!r})"
     low, high = args
     if not low < high:
         return f"{kind} needs low < high (got {args!r})"
@@ -326,7 +339,7 @@ class Fault(_Strict):
     epoch: int = Field(default=1, ge=1)
     mode: Literal["once", "always"] = "once"
     times: int = Field(default=1, ge=1)
-    effect: Literal["error", "nan"] = "error"
+    effect: Literal["error", "nan", "setup"] = "error"
 
     def matches(self, cell: dict) -> bool:
         return (
@@ -337,7 +350,18 @@ class Fault(_Strict):
 
 
 class StudyConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        from hybridlens.analysis.mlflow_layout import study_name_problem
+
+        problem = study_name_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
     task: Literal["task1", "task2"]
     data: DataSection = DataSection()
     grid: GridSection = GridSection()
@@ -375,9 +399,42 @@ class StudyConfig(_Strict):
             problems.append(f"model.first_pool: applies to cnn-pool only, not {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}; "
                             "set it under model.per_architecture.cnn-pool, or list cnn-pool alone")  # fmt: skip
         problems += self._precision_problems()
+        problems += [f"{where}: no architecture of the grid has this size ({', '.join(self.grid.architecture_names()[:3])}"
+                     f"{' ...' if len(self.grid.architecture_names()) > 3 else ''}); remove it"
+                     for where, key, users in self._size_users() if not users]  # fmt: skip
+        if self.search is not None and self.search.scheduler == "asha" and self.search.grace_period > self.train.epochs:
+            problems.append(f"search.grace_period: {self.search.grace_period} is more than train.epochs ({self.train.epochs}); "
+                            "ASHA's first rung must come by the last epoch")  # fmt: skip
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _size_users(self) -> list[tuple[str, str, list[str]]]:
+        """For every model size a grid axis or a search dimension varies: ``(where, key, architectures of
+        the grid that have it)`` (:func:`~hybridlens.models.grid.size_matters`)."""
+        from hybridlens.models.grid import size_matters
+
+        varied = [(f"grid.axes.{k}", k, tuple(v)) for k, v in self.grid.axes.items()]
+        if self.search is not None:
+            for k, dist in self.search.space.items():
+                ((kind, args),) = dist.items()
+                values = tuple(args) if kind == "choice" else (args[0], args[1] - 1) if kind == "randint" else tuple(args)
+                varied.append((f"search.space.{k}", k, values))
+        out = []
+        for where, k, values in varied:
+            size = k.removeprefix("model.")
+            if not k.startswith("model.") or size in ("init", "first_pool") or len(set(values)) < 2:
+                continue
+            users = [a for a in self.grid.architecture_names() if size_matters(a, self.task, size, values)]
+            out.append((where, k, users))
+        return out
+
+    def axis_notes(self) -> list[str]:
+        """A line for each varied size that only some architectures of the grid have: which cells it
+        applies to (the others train the same model at each of its values)."""
+        names = self.grid.architecture_names()
+        return [f"{key}: applies to {', '.join(users)} only; the cells of {', '.join(a for a in names if a not in users)} "
+                "train one model at each of its values" for _, key, users in self._size_users() if users and len(users) < len(names)]  # fmt: skip
 
     def _precision_problems(self) -> list[str]:
         """A precision other than fp32 (the section's, an axis value or a search choice) needs a GPU."""
@@ -506,7 +563,9 @@ class StudyConfig(_Strict):
                         },
                     }
                 ),
-                "search": self.search.model_copy(update={"num_samples": min(2, self.search.num_samples)})
+                "search": self.search.model_copy(
+                    update={"num_samples": min(2, self.search.num_samples), "grace_period": min(2, self.search.grace_period)}
+                )
                 if self.search
                 else None,
                 "train": self.train.model_copy(update={"epochs": 2}),

@@ -275,6 +275,21 @@ class _Signals:
         signal.signal(signal.SIGTERM, self.prev_term)
 
 
+def errored_cells(results) -> dict[str, str]:
+    """The cells of every trial Ray Tune gave up on (its error after its last retry), by cell name, with
+    the error's last line: a trial that failed before it could open its cells' runs leaves nothing else
+    that says so."""
+    out = {}
+    for result in results:
+        if result.error is None or not result.config:
+            continue
+        lines = [ln for ln in str(result.error).strip().splitlines() if ln.strip()]
+        why = (lines[-1] if lines else type(result.error).__name__)[:300]
+        for cell in trial_cells(result.config):
+            out[layout.cell_name(**cell)] = why
+    return out
+
+
 def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_failed: bool = True) -> LaunchSummary:
     """Run (or, with ``restore``, resume) the launch's grid; close the books whatever happens. A resume
     retries the trials that failed (from their last checkpoint, in their own child runs) unless
@@ -306,11 +321,11 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_fa
                 run_config=_run_config(cfg, launch, echo, total),
             )
         with signals, _quiet_ray_tune():
-            tuner.fit()
+            errored = errored_cells(tuner.fit())
     finally:
         _DRIVER.clear()
         try:
-            summary = close_launch(launch, cfg, echo)
+            summary = close_launch(launch, cfg, echo, errored=locals().get("errored", {}))
         except Exception as e:
             if not tracking.unreachable(e):
                 raise

@@ -172,6 +172,10 @@ def launched_studies(workdir: str | Path) -> list[Launch]:
 
 def load_launch(workdir: str | Path, study: str | None = None) -> Launch:
     """The latest launch recorded in ``workdir`` (of ``study``, or of its only study)."""
+    from hybridlens.analysis.mlflow_layout import check_study_name
+
+    if study is not None:
+        check_study_name(study)
     workdir = Path(workdir)
     folder = workdir / "studies"
     names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
@@ -276,9 +280,12 @@ def mark_unfinished(c, runs, status: str = "KILLED") -> list[str]:
     return marked
 
 
-def close_launch(launch: Launch, cfg: "StudyConfig", echo: Echo) -> LaunchSummary:
+def close_launch(launch: Launch, cfg: "StudyConfig", echo: Echo, *, errored: dict[str, str] | None = None) -> LaunchSummary:
     """After Ray returns (finished or interrupted): mark child runs left RUNNING as KILLED, and end the
-    parent FINISHED when every grid cell has a finished, failed or diverged run, else KILLED."""
+    parent FINISHED when every grid cell has a finished, failed or diverged run, else KILLED.
+    ``errored``: the cells of trials Ray Tune gave up on, with the error (:func:`.fit.errored_cells`); those
+    without an ended run of their own count as failed cells (a trial that failed before it opened its
+    runs, every attempt)."""
     from mlflow.entities import RunTag
 
     c = mlruns.client(launch.tracking_uri)
@@ -305,6 +312,12 @@ def close_launch(launch: Launch, cfg: "StudyConfig", echo: Echo) -> LaunchSummar
         for r in runs
         if status[r.info.run_id] == "FAILED" and r.data.tags.get(layout.TAG_OUTCOME) != "diverged"
     }
+    with_runs = {r.data.tags.get(layout.TAG_RUN_NAME) for r in ended_runs}
+    runless = {cell: why for cell, why in (errored or {}).items() if cell not in with_runs}
+    failures |= runless
+    counts["failed"] += len(runless)
+    if runless and cfg.search is None:  # a cell Ray gave up on has ended too, without a run
+        complete = {layout.cell_name(**cell) for cell in cfg.cells()} <= with_runs | set(runless)
     tags = [RunTag(f"hybridlens.runs_{k}", str(v)) for k, v in counts.items()]
     tags.append(RunTag(layout.TAG_OUTCOME, "finished" if complete else "killed"))
     c.log_batch(launch.parent_run_id, tags=tags)

@@ -86,6 +86,8 @@ def run_study(
     with StudyLock(workdir, cfg.name):  # one launch of a study at a time, before MLflow and Ray
         prepare_store(workdir, uri)
         echo(grid_size_line(cfg))
+        for note in cfg.axis_notes():
+            echo(note)
         data_path = prepare_dataset(cfg, workdir, explicit_data, echo)
         mlruns.check_writable(uri)
         try:
@@ -231,7 +233,7 @@ def _check_analysis_out(workdir: Path, name: str, analyze: bool) -> None:
     if analyze:
         from hybridlens.analysis.report import check_out_dir
 
-        check_out_dir(analysis_dir(workdir, name))
+        check_out_dir(analysis_dir(workdir, name), study=name)
 
 
 def resume_study(

@@ -197,7 +197,7 @@ class TrialLogger:
 
 def runs_table(uri: str, experiment_id: str, parent_run_id: str) -> str:
     """A plain-text table of a launch's child runs: cell, short run ID (the UI's run page), status,
-    outcome, epochs, the task's ranking metric (best validation epoch) and test metrics, and the
+    outcome, epochs trained, the task's ranking metric (best validation epoch) and test metrics, and the
     analysis metrics once ``analyze`` has logged them (``-`` before)."""
     from hybridlens.analysis.tasks import TASKS
 
@@ -249,7 +249,7 @@ def runs_table(uri: str, experiment_id: str, parent_run_id: str) -> str:
         "run",
         "status",
         "outcome",
-        "epochs",
+        "epochs_trained",  # the metric's name: a train.epochs axis has a column "epochs" of its own
         rank,
         "test_auroc",
         "test_aupr",

@@ -318,6 +318,8 @@ def train_trial(config: dict, site: Site) -> None:
     start = time.monotonic()
     cfg = parse_config(config["study"], "study config")
     cells = trial_cells(config)
+    if any(f.effect == "setup" and f.matches(cell) for f in cfg.faults for cell in cells):
+        raise InjectedFault("injected fault (setup): the trial failed before it opened its runs")
     trial_id = tune.get_context().get_trial_id()
     store = site.checkpoints(trial_id)
     if store.done() is not None:  # ended and closed every cell before (Ray restarted it)

@@ -335,3 +335,60 @@ def test_precision_on_a_gpu_study_is_taken_shared_by_a_pack_and_recorded():
     assert len(packs) == 2 and all(len({c["axes"]["train.precision"] for c in p}) == 1 for p in packs)
     assert {cfg.cell_train(p[0]).precision for p in packs} == {"fp32", "bf16"}
     assert parse_config({"name": "y", "task": "task1"}).cell_train(cfg.cells()[0] | {"axes": {}}).precision == "fp32"
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"grid": {"architectures": ["C24"], "axes": {"train.lr": ["inf", 1.0e30]}}}, "grid.axes.train.lr: 'inf': Input should be a finite number"),
+        ({"train": {"lr": float("inf")}}, "train.lr: Input should be a finite number"),
+        ({"train": {"plateau_factor": float("nan")}}, "train.plateau_factor: Input should be a finite number"),
+        ({"search": {"num_samples": 2, "space": {"train.lr": {"loguniform": [1e-4, float("inf")]}}}},
+         "search.space.train.lr: loguniform takes finite bounds (got [0.0001, inf])"),
+        ({"search": {"num_samples": 2, "space": {"model.filters": {"choice": [8, 16, 8.0]}}}},
+         "search.space.model.filters: choice lists a value twice (it would be drawn twice as often)"),
+        ({"search": {"num_samples": 2, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}, "scheduler": "asha", "grace_period": 5},
+          "train": {"epochs": 3}}, "search.grace_period: 5 is more than train.epochs (3); ASHA's first rung must come by the last epoch"),
+        ({"grid": {"architectures": ["C24"], "axes": {"model.lstm_units": [16, 32]}}},
+         "grid.axes.model.lstm_units: no architecture of the grid has this size (C24); remove it"),
+        ({"grid": {"architectures": ["C24"]}, "search": {"num_samples": 2, "space": {"model.key_size": {"choice": [16, 32]}}}},
+         "search.space.model.key_size: no architecture of the grid has this size (C24); remove it"),
+    ],
+)  # fmt: skip
+def test_every_value_is_finite_and_meaningful_before_anything_starts(patch, message, tmp_path):
+    """The cases of reliability 3, each refused in validation in one line (exit 2 from the CLI, nothing
+    created): inf or nan anywhere a number is read (YAML's .inf, the string "inf"), a search bound of
+    .inf, a choice that lists a value twice, ASHA's grace period past the last epoch, a size no
+    architecture of the grid has."""
+    raw = {"name": "x", "task": "task1"} | patch
+    with pytest.raises(UserError) as e:
+        parse_config(raw, "x.yaml")
+    assert str(e.value) == f"x.yaml: {message}"
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    work = tmp_path / "work"
+    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(work)],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"hybridlens: error: {cfg}: {message}"], r.stderr[-2000:]
+    assert not work.exists()
+
+
+def test_a_size_only_some_architectures_have_says_which_cells_it_applies_to():
+    cfg = parse_config({"name": "x", "task": "task1", "grid": {"architectures": ["C24", "C24-LSTM-Att", "C4"],
+                        "axes": {"model.lstm_units": [16, 32]}}})  # fmt: skip
+    assert cfg.axis_notes() == [
+        "model.lstm_units: applies to C24-LSTM-Att, C4 only; the cells of C24 train one model at each of its values"
+    ]
+    assert (
+        parse_config(
+            {"name": "x", "task": "task1", "grid": {"architectures": ["C24"], "axes": {"model.filters": [8, 16]}}}
+        ).axis_notes()
+        == []
+    )
+
+
+def test_a_smoke_test_keeps_asha_within_its_epochs():
+    raw = {"name": "x", "task": "task1", "train": {"epochs": 10},
+           "search": {"num_samples": 4, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}, "scheduler": "asha", "grace_period": 5}}  # fmt: skip
+    smoke = parse_config(raw).smoke()
+    assert smoke.train.epochs == 2 and smoke.search.grace_period == 2

@@ -377,6 +377,64 @@ def test_a_folder_from_before_the_marker_is_known_by_its_file_names(tmp_path):
         (old / name).unlink()
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_study_name_with_a_path_touches_nothing_outside_and_unknown_names_create_nothing(task1):
+    """Every command that takes --study, given a name with a path (../../victim) or an unknown one:
+    one line, exit 2; the file such a name would have locked outside the workdir keeps its bytes, and
+    no file is created or changed anywhere (an unknown name's lock included)."""
+    work, _ = task1
+    outside = work.parent
+    victim = outside / "victim.analysis.lock"
+    victim.write_text("precious data")
+    before = _tree(outside)
+    for study, problem in (("../../victim", "is not a study name"), ("nosuch", "unknown study 'nosuch'"),
+                           ("a" * 101, "at most 100 characters")):  # fmt: skip
+        for args in (["analyze", "--workdir", str(work)], ["runs", "--workdir", str(work)],
+                     ["reconcile", "--workdir", str(work)], ["resume", str(work)]):  # fmt: skip
+            r = _cli(*args, "--study", study)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1 and problem in lines[0], (args, study, r.stderr[-2000:])
+        assert _tree(outside) == before, study
+    assert victim.read_text() == "precious data"
+
+
+def test_an_output_folder_knows_its_study_and_another_is_replaced_only_when_asked(task1, tmp_path):
+    """The output folder's marker records the study and launch it was written for; --out onto another
+    study's folder (its marker, or an older empty marker's analysis.json, names it) is one line, exit 2,
+    the folder as it was; with --replace it is replaced, and then knows its new study."""
+    from hybridlens.analysis.report import written_for
+
+    work, summary = task1
+    own = work / "analysis" / "tiny-task1"
+    marker = json.loads((own / ".hybridlens-analysis").read_text())
+    assert marker == {"study": "tiny-task1", "parent_run_id": summary.launch.parent_run_id}
+    other = tmp_path / "other"
+    shutil.copytree(own, other)
+    (other / ".hybridlens-analysis").write_text(json.dumps({"study": "other", "parent_run_id": "x"}))
+    older = tmp_path / "older"
+    shutil.copytree(own, older)
+    (older / ".hybridlens-analysis").write_text("")  # a marker from before it held its study
+    meta = json.loads((older / "analysis.json").read_text())
+    (older / "analysis.json").write_text(json.dumps(meta | {"study": "older-study"}))
+    for folder, name in ((other, "other"), (older, "older-study")):
+        before = _tree(folder)
+        r = _cli("analyze", "--study", "tiny-task1", "--workdir", str(work), "--out", str(folder))
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+        assert lines[0] == (f"hybridlens: error: analysis output folder {folder} holds the analysis of study {name!r}, not "
+                            "'tiny-task1'; give another --out, or pass --replace to replace it")  # fmt: skip
+        assert _tree(folder) == before and written_for(folder) == name
+    r = _cli(
+        "analyze", "--study", "tiny-task1", "--workdir", str(work), "--out", str(other), "--replace", "--attributions", "none"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert written_for(other) == "tiny-task1" and json.loads((other / "analysis.json").read_text())["study"] == "tiny-task1"
+
+
 def test_two_analyses_at_once_take_turns_and_log_each_value_once(task1):
     """Two analyses of one study started together (with settings that change the attribution values):
     the second says who runs the first and waits; every (run, metric, step) gains at most one entry;
@@ -422,3 +480,28 @@ def test_attributions_none_analyses_without_them(task1, tmp_path):
         and "attributions.csv" not in names
         and "attr_" not in (tmp_path / "plain" / "per_run.csv").read_text()
     )
+
+
+def test_a_relu_only_study_draws_no_empty_exp_vs_relu_figure(tmp_path):
+    """Without an architecture that has both exp and relu runs there is no point to plot: no fig2 (one
+    line says why) and no 'exp vs relu' in the title; with one, the figure is drawn."""
+    from hybridlens.analysis.report import draw_figures, has_exp_and_relu
+    from hybridlens.analysis.tasks import TASKS
+
+    spec = TASKS["task1"]
+    metrics = (*spec.interp_metrics, *spec.figure_metrics, "test_auroc", "test_aupr")
+
+    def summary(acts):
+        rows = [{"architecture": a, "activation": act, **{f"{m}_{s}": 0.5 for m in metrics for s in ("mean", "std")}}
+                for a in ("C24", "C4C6") for act in acts]  # fmt: skip
+        return pd.DataFrame(rows)
+
+    lines = []
+    relu = summary(["relu"])
+    assert not has_exp_and_relu(relu)
+    assert draw_figures(relu, {}, spec, tmp_path, "t", lines.append) == []
+    assert f"  no {spec.figure} figure: no architecture has both exp and relu runs" in lines
+    both = summary(["relu", "exp"])
+    assert has_exp_and_relu(both)
+    files = draw_figures(both, {}, spec, tmp_path, "t", lines.append)
+    assert (tmp_path / f"{spec.figure}.png").is_file() and tmp_path / f"{spec.figure}.png" in files

@@ -137,7 +137,7 @@ def test_runs_table(smoke):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     head = lines[0].split()
-    assert head == ["architecture", "activation", "seed", "run", "status", "outcome", "epochs", "best_val_aupr",
+    assert head == ["architecture", "activation", "seed", "run", "status", "outcome", "epochs_trained", "best_val_aupr",
                     "test_auroc", "test_aupr", "tpr", "fpr"]  # fmt: skip
     assert sum("FINISHED" in ln for ln in lines) == 4 and lines[-1].startswith("4 runs (task1: ranked on best_val_aupr")
     c, launch, runs = runs_of(smoke[0])
@@ -982,6 +982,7 @@ def test_a_study_over_two_axes_is_tabled_and_drawn_along_them(tmp_path, data_fil
     }
     table = _run_cli("runs", "--workdir", work).stdout.splitlines()
     assert table[0].split()[:5] == ["architecture", "activation", "first_pool", "lr", "seed"]
+    assert len(set(table[0].split())) == len(table[0].split())  # every heading once (an epochs axis beside epochs_trained)
     assert [line.split()[2:4] for line in table[1:5]] == [["4", "0.0003"], ["4", "0.001"], ["25", "0.0003"], ["25", "0.001"]]
     out = work / "analysis" / "axes2"
     summ = pd.read_csv(out / "summary.csv")
@@ -1039,3 +1040,21 @@ def test_a_search_draws_its_values_and_asha_stops_runs_that_stay_out(tmp_path, d
     assert _run_cli("study", cfg2, "--workdir", work, "--no-analyze", timeout=900).returncode == 0
     _, _, again = runs_of(work, "search2")
     assert sorted(float(x.data.params["lr"]) for x in again) == sorted(lr for lr, _ in drawn)
+
+
+def test_cells_whose_every_trial_fails_before_its_runs_are_counted_failed(tmp_path, data_file):
+    """Every trial fails when it starts, before it opens its cells' runs, at every attempt (effect: setup;
+    reliability 3's case was a value that every trial's own validation refused): the last line says
+    the cells failed and why, the exit code is the failure code, and the parent ends FINISHED with the
+    count (it said 'interrupted: 0 finished, 0 failed', with no way to finish)."""
+    cfg = write_config(tmp_path, data_file, name="nosetup", grid={"architectures": ["C24"]},
+                       faults=[{"architecture": "C24", "effect": "setup"}], ray={"max_failures": 0})  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "hybridlens.study.cli", "study", str(cfg), "--workdir", str(tmp_path / "work"),
+                        "--no-analyze"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.stdout.strip().splitlines()[-1]
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert last.startswith("study nosetup ended with 2 failed cell(s): 0 finished, 2 failed, 0 diverged, 0 killed; C24-"), last
+    assert "injected fault (setup): the trial failed before it opened its runs" in last
+    c, launch, runs = runs_of(tmp_path / "work")
+    parent = c.get_run(launch.parent_run_id)
+    assert runs == [] and parent.info.status == "FINISHED" and parent.data.tags["hybridlens.runs_failed"] == "2"
