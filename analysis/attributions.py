@@ -280,12 +280,10 @@ def parse_methods(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if isinstance(text, str):
         if text.strip().lower() == "none":
             return ()
-        if not text.strip():
+        if not any(m.strip() for m in text.split(",")):  # "," or ", ,": a mistake more likely than a wish for none
             raise UserError(f"no attribution method given; name some ({', '.join(METHODS)}) or none")
         text = text.split(",")
     names = [m.strip() for m in text if m.strip()]
-    if not names:  # "," or ", ,": no name at all, more likely a mistake than a wish for none
-        raise UserError(f"no attribution method given; name some ({', '.join(METHODS)}) or none")
     bad = [m for m in names if m not in METHODS]
     if bad:
         raise UserError(f"unknown attribution method {bad[0]!r}; choose from {', '.join(METHODS)}, or none")

@@ -19,7 +19,7 @@ import re
 #: A study's name: the MLflow experiment's, and part of file names under its workdir
 #: (``studies/NAME.json``, ``analysis/NAME``): letters, digits, ``_``, ``.``, ``-``, starting with a letter or
 #: digit, never ``..``, at most :data:`MAX_STUDY_NAME` characters.
-STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+STUDY_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 MAX_STUDY_NAME = 100
 
 
@@ -30,7 +30,7 @@ def study_name_problem(name) -> str | None:
         return "a study name is a non-empty string"
     if len(name) > MAX_STUDY_NAME:
         return f"a study name is at most {MAX_STUDY_NAME} characters (got {len(name)})"
-    if not re.match(STUDY_NAME_PATTERN, name) or ".." in name:
+    if not re.fullmatch(STUDY_NAME_PATTERN, name) or ".." in name:  # fullmatch: '$' lets a final newline by
         return (f"{name!r} is not a study name: letters, digits, '_', '.' and '-' only, starting with a letter or "
                 "digit, no '..' and no path separators")  # fmt: skip
     return None

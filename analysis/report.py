@@ -336,7 +336,13 @@ def _written_by_analysis(name: str) -> bool:
     return name == "analysis.json"
 
 
-def check_out_dir(path: str | Path, *, study: str | None = None, replace: bool = False) -> Path:
+def check_out_dir(
+    path: str | Path,
+    *,
+    study: str | None = None,
+    replace: bool = False,
+    hint: str = "give another --out, or pass --replace to replace it",
+) -> Path:
     """The analysis output folder, resolved, if the analysis may write it: new, or a folder an analysis
     wrote (its marker, or, from before the marker, an ``analysis.json`` of ours among files with the
     names an analysis writes, and nothing else). A file, the current folder (or one holding it), a
@@ -354,10 +360,7 @@ def check_out_dir(path: str | Path, *, study: str | None = None, replace: bool =
     out = check_replaceable(p, ANALYSIS_MARKER, "analysis output folder", ours=legacy)
     earlier = written_for(out) if out.is_dir() else None
     if study is not None and earlier is not None and earlier != study and not replace:
-        raise UserError(
-            f"analysis output folder {path} holds the analysis of study {earlier!r}, not {study!r}; "
-            "give another --out, or pass --replace to replace it"
-        )
+        raise UserError(f"analysis output folder {path} holds the analysis of study {earlier!r}, not {study!r}; {hint}")
     return out
 
 

@@ -399,8 +399,8 @@ class StudyConfig(_Strict):
             problems.append(f"model.first_pool: applies to cnn-pool only, not {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}; "
                             "set it under model.per_architecture.cnn-pool, or list cnn-pool alone")  # fmt: skip
         problems += self._precision_problems()
-        problems += [f"{where}: no architecture of the grid has this size ({', '.join(self.grid.architecture_names()[:3])}"
-                     f"{' ...' if len(self.grid.architecture_names()) > 3 else ''}); remove it"
+        problems += [f"{where}: its values make no difference to any architecture of the grid "
+                     f"({', '.join(self.grid.architecture_names()[:3])}{' ...' if len(self.grid.architecture_names()) > 3 else ''}); remove it"
                      for where, key, users in self._size_users() if not users]  # fmt: skip
         if self.search is not None and self.search.scheduler == "asha" and self.search.grace_period > self.train.epochs:
             problems.append(f"search.grace_period: {self.search.grace_period} is more than train.epochs ({self.train.epochs}); "

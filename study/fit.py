@@ -275,18 +275,17 @@ class _Signals:
         signal.signal(signal.SIGTERM, self.prev_term)
 
 
-def errored_cells(results) -> dict[str, str]:
-    """The cells of every trial Ray Tune gave up on (its error after its last retry), by cell name, with
-    the error's last line: a trial that failed before it could open its cells' runs leaves nothing else
+def errored_cells(results) -> list[tuple[str, str]]:
+    """``(cell name, the error's last line)`` for every cell of every trial Ray Tune gave up on (its error
+    after its last retry): a trial that failed before it could open its cells' runs leaves nothing else
     that says so."""
-    out = {}
+    out = []
     for result in results:
         if result.error is None or not result.config:
             continue
         lines = [ln for ln in str(result.error).strip().splitlines() if ln.strip()]
         why = (lines[-1] if lines else type(result.error).__name__)[:300]
-        for cell in trial_cells(result.config):
-            out[layout.cell_name(**cell)] = why
+        out += [(layout.cell_name(**cell), why) for cell in trial_cells(result.config)]
     return out
 
 
@@ -297,6 +296,7 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_fa
     from ray import tune
 
     signals = _Signals()
+    errored: list[tuple[str, str]] = []  # what Ray Tune gave up on, once fit returns
     try:
         _init_ray(cfg, launch.ray_address)
         total = cfg.num_cells() * cfg.num_samples()
@@ -325,7 +325,7 @@ def fit(launch: Launch, cfg: StudyConfig, echo: Echo, *, restore: bool, retry_fa
     finally:
         _DRIVER.clear()
         try:
-            summary = close_launch(launch, cfg, echo, errored=locals().get("errored", {}))
+            summary = close_launch(launch, cfg, echo, errored=errored)
         except Exception as e:
             if not tracking.unreachable(e):
                 raise

@@ -29,6 +29,7 @@ from hybridlens.analysis import runs as mlruns
 from hybridlens.analysis.atomic import atomic_write_text
 from hybridlens.analysis.errors import UserError
 from hybridlens.analysis.locks import FileLock
+from hybridlens.analysis.mlflow_layout import check_study_name, study_name_problem
 
 if TYPE_CHECKING:
     from hybridlens.study.config import StudyConfig
@@ -172,8 +173,6 @@ def launched_studies(workdir: str | Path) -> list[Launch]:
 
 def load_launch(workdir: str | Path, study: str | None = None) -> Launch:
     """The latest launch recorded in ``workdir`` (of ``study``, or of its only study)."""
-    from hybridlens.analysis.mlflow_layout import check_study_name
-
     if study is not None:
         check_study_name(study)
     workdir = Path(workdir)
@@ -189,7 +188,13 @@ def load_launch(workdir: str | Path, study: str | None = None) -> Launch:
         study = names[0]
     if study not in names:
         raise UserError(f"unknown study {study!r} in {workdir}; choose one of {', '.join(names)}")
-    return Launch.from_record(json.loads(state_path(workdir, study).read_text()), workdir.resolve())
+    record = json.loads(state_path(workdir, study).read_text())
+    if study_name_problem(study) or record.get("name") != study:  # its name builds paths: a lock, the config
+        raise UserError(
+            f"{state_path(workdir, study)} does not record a launch of study {study!r} (it names {record.get('name')!r}); "
+            "restore the file from the study's parent run, or start the study again"
+        )
+    return Launch.from_record(record, workdir.resolve())
 
 
 def _shell_arg(text: str) -> str:
@@ -280,12 +285,14 @@ def mark_unfinished(c, runs, status: str = "KILLED") -> list[str]:
     return marked
 
 
-def close_launch(launch: Launch, cfg: "StudyConfig", echo: Echo, *, errored: dict[str, str] | None = None) -> LaunchSummary:
+def close_launch(
+    launch: Launch, cfg: "StudyConfig", echo: Echo, *, errored: list[tuple[str, str]] | None = None
+) -> LaunchSummary:
     """After Ray returns (finished or interrupted): mark child runs left RUNNING as KILLED, and end the
     parent FINISHED when every grid cell has a finished, failed or diverged run, else KILLED.
-    ``errored``: the cells of trials Ray Tune gave up on, with the error (:func:`.fit.errored_cells`); those
-    without an ended run of their own count as failed cells (a trial that failed before it opened its
-    runs, every attempt)."""
+    ``errored``: ``(cell name, error)`` of every cell of the trials Ray Tune gave up on
+    (:func:`.fit.errored_cells`); those without a run of their own count as failed cells (a trial that
+    failed before it opened its runs, every attempt)."""
     from mlflow.entities import RunTag
 
     c = mlruns.client(launch.tracking_uri)
@@ -294,6 +301,7 @@ def close_launch(launch: Launch, cfg: "StudyConfig", echo: Echo, *, errored: dic
     status = {r.info.run_id: "KILLED" if r.info.run_id in killed else r.info.status for r in runs}
     stopped = {r.info.run_id for r in runs if r.data.tags.get(layout.TAG_OUTCOME) == layout.OUTCOME_STOPPED}
     ended_runs = [r for r in runs if status[r.info.run_id] in ("FINISHED", "FAILED") or r.info.run_id in stopped]
+    ended_cells: set = set()
     if cfg.search is None:
         complete = {layout.cell_name(**cell) for cell in cfg.cells()} <= {
             r.data.tags.get(layout.TAG_RUN_NAME) for r in ended_runs
@@ -312,12 +320,17 @@ def close_launch(launch: Launch, cfg: "StudyConfig", echo: Echo, *, errored: dic
         for r in runs
         if status[r.info.run_id] == "FAILED" and r.data.tags.get(layout.TAG_OUTCOME) != "diverged"
     }
-    with_runs = {r.data.tags.get(layout.TAG_RUN_NAME) for r in ended_runs}
-    runless = {cell: why for cell, why in (errored or {}).items() if cell not in with_runs}
-    failures |= runless
+    with_runs = {r.data.tags.get(layout.TAG_RUN_NAME) for r in runs}  # any status: a killed run is no failure
+    runless = [(cell, why) for cell, why in (errored or []) if cell not in with_runs]
+    failures |= dict(runless)
     counts["failed"] += len(runless)
-    if runless and cfg.search is None:  # a cell Ray gave up on has ended too, without a run
-        complete = {layout.cell_name(**cell) for cell in cfg.cells()} <= with_runs | set(runless)
+    if runless:  # a cell Ray gave up on has ended too, without a run
+        if cfg.search is None:
+            complete = {layout.cell_name(**cell) for cell in cfg.cells()} <= {
+                r.data.tags.get(layout.TAG_RUN_NAME) for r in ended_runs
+            } | {cell for cell, _ in runless}
+        else:
+            complete = len(ended_cells) + len(runless) >= cfg.num_cells() * cfg.num_samples()
     tags = [RunTag(f"hybridlens.runs_{k}", str(v)) for k, v in counts.items()]
     tags.append(RunTag(layout.TAG_OUTCOME, "finished" if complete else "killed"))
     c.log_batch(launch.parent_run_id, tags=tags)

@@ -233,7 +233,7 @@ def _check_analysis_out(workdir: Path, name: str, analyze: bool) -> None:
     if analyze:
         from hybridlens.analysis.report import check_out_dir
 
-        check_out_dir(analysis_dir(workdir, name), study=name)
+        check_out_dir(analysis_dir(workdir, name), study=name, hint="move it away, or pass --no-analyze")
 
 
 def resume_study(

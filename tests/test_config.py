@@ -54,6 +54,8 @@ def test_smoke_shrinks_the_same_study():
         ({"train": {"monitor": "val_acc"}}, "train.monitor: unknown metric 'val_acc'; choose from val_auroc"),
         ({"task": "task3"}, "task: Input should be 'task1' or 'task2'"),
         ({"name": None}, "name: Input should be a valid string"),
+        ({"name": "x\n"}, "name: 'x\\n' is not a study name"),
+        ({"name": "../../victim"}, "name: '../../victim' is not a study name"),
     ],
 )
 def test_bad_config_names_key_path(patch, message):
@@ -99,8 +101,9 @@ def test_attributions_can_be_turned_off():
     cfg = parse_config({"name": "x", "task": "task1", "analysis": {"attributions": []}})
     assert cfg.analysis.attributions == [] and parse_methods(cfg.analysis.attributions) == ()
     assert parse_methods("none") == () and parse_methods("None") == ()
-    with pytest.raises(UserError, match="no attribution method given; name some .* or none"):
-        parse_methods("")
+    for text in ("", ",", " , "):  # more likely a mistake than a wish for none
+        with pytest.raises(UserError, match="no attribution method given; name some .* or none"):
+            parse_methods(text)
 
 
 def test_cli_rejects_bad_config_before_any_work(tmp_path):
@@ -350,9 +353,9 @@ def test_precision_on_a_gpu_study_is_taken_shared_by_a_pack_and_recorded():
         ({"search": {"num_samples": 2, "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}, "scheduler": "asha", "grace_period": 5},
           "train": {"epochs": 3}}, "search.grace_period: 5 is more than train.epochs (3); ASHA's first rung must come by the last epoch"),
         ({"grid": {"architectures": ["C24"], "axes": {"model.lstm_units": [16, 32]}}},
-         "grid.axes.model.lstm_units: no architecture of the grid has this size (C24); remove it"),
+         "grid.axes.model.lstm_units: its values make no difference to any architecture of the grid (C24); remove it"),
         ({"grid": {"architectures": ["C24"]}, "search": {"num_samples": 2, "space": {"model.key_size": {"choice": [16, 32]}}}},
-         "search.space.model.key_size: no architecture of the grid has this size (C24); remove it"),
+         "search.space.model.key_size: its values make no difference to any architecture of the grid (C24); remove it"),
     ],
 )  # fmt: skip
 def test_every_value_is_finite_and_meaningful_before_anything_starts(patch, message, tmp_path):

@@ -400,6 +400,17 @@ def test_a_study_name_with_a_path_touches_nothing_outside_and_unknown_names_crea
             assert r.returncode == 2 and len(lines) == 1 and problem in lines[0], (args, study, r.stderr[-2000:])
         assert _tree(outside) == before, study
     assert victim.read_text() == "precious data"
+    # a launch record whose name is not its file's: its name would build the lock's path, outside
+    record = json.loads((work / "studies" / "tiny-task1.json").read_text())
+    (work / "studies" / "forged.json").write_text(json.dumps(record | {"name": "../../victim"}))
+    try:
+        for args in (["runs", "--workdir", str(work)], ["reconcile", "--workdir", str(work)], ["resume", str(work)]):
+            r = _cli(*args, "--study", "forged")
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1 and "does not record a launch of study 'forged'" in lines[0], r.stderr
+        assert not (outside / "victim.lock").exists() and victim.read_text() == "precious data"
+    finally:
+        (work / "studies" / "forged.json").unlink()
 
 
 def test_an_output_folder_knows_its_study_and_another_is_replaced_only_when_asked(task1, tmp_path):
@@ -483,8 +494,9 @@ def test_attributions_none_analyses_without_them(task1, tmp_path):
 
 
 def test_a_relu_only_study_draws_no_empty_exp_vs_relu_figure(tmp_path):
-    """Without an architecture that has both exp and relu runs there is no point to plot: no fig2 (one
-    line says why) and no 'exp vs relu' in the title; with one, the figure is drawn."""
+    """Without an architecture that has both exp and relu runs there is no point to plot: no fig2, one
+    line says why (and has_exp_and_relu, which also keeps 'exp vs relu' out of the figures' titles, says
+    no); with one, the figure is drawn."""
     from hybridlens.analysis.report import draw_figures, has_exp_and_relu
     from hybridlens.analysis.tasks import TASKS
 

@@ -166,3 +166,30 @@ def test_an_outage_longer_than_the_retry_budget_ends_in_one_line_and_resume_fini
                        capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_every_step_once(mlflow_server.uri, "outage", epochs=epochs, n_runs=2)
+
+
+def test_the_runs_table_of_an_epochs_axis_heads_each_column_once(tmp_path):
+    """A study with a train.epochs axis: the axis' column is 'epochs' and the epochs a run trained are
+    'epochs_trained' (both were 'epochs'), each run's values under its own heading; a real SQLite store."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from hybridlens.analysis.mlflow_layout import AXES_PARAM, TAG_PARENT
+    from hybridlens.study.tracking import runs_table
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("s", artifact_location=str(tmp_path / "art"))
+    parent = c.create_run(exp).info.run_id
+    for epochs, trained in ((5, 3), (9, 9)):
+        run = c.create_run(exp, tags={TAG_PARENT: parent}).info.run_id
+        for k, v in {"architecture": "C24", "activation": "relu", "seed": "0", "task": "task1",
+                     AXES_PARAM: json.dumps({"train.epochs": epochs})}.items():  # fmt: skip
+            c.log_param(run, k, v)
+        c.log_metric(run, "epochs_trained", trained)
+    lines = runs_table(uri, exp, parent).splitlines()
+    head = lines[0].split()
+    assert len(set(head)) == len(head) and head[2] == "epochs" and "epochs_trained" in head
+    col = head.index("epochs_trained")
+    assert sorted((ln.split()[2], ln.split()[col]) for ln in lines[1:3]) == [("5", "3"), ("9", "9")]
