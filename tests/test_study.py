@@ -932,13 +932,15 @@ def test_a_damaged_store_is_one_line_for_every_command(smoke, tmp_path, data_fil
         ], (args, r.stderr)
 
 
-def test_a_study_in_packs_of_four_ends_as_in_packs_of_one(tmp_path, data_file):
+def test_a_study_in_packs_of_four_ends_as_in_packs_of_two(tmp_path, data_file):
     """The same small study (C24 and C24-Att, relu and exp, 2 seeds, 3 epochs) with models_per_trial 4
-    (two stacked packs) and with 1: one FINISHED run per cell, every step once, and each cell's test
-    AUROC within 0.005 of its one-model run (the stacked route's float32 rounding, not a different
-    training)."""
+    (two stacked packs) and with 2 (four): one FINISHED run per cell, every step once, and each cell's
+    test AUROC within 0.005 of its run in the other packing (a member's data order and dropout stream
+    are its own, so only the stacks' float32 rounding differs). Against packs of 1 (the one-model
+    trainer) a stacked member's dropout masks are other draws by design (one launch per member per
+    forward, not nn.Dropout's per site), so a 3-epoch study there differs by training noise."""
     aurocs = {}
-    for per in (4, 1):
+    for per in (4, 2):
         cfg = write_config(
             tmp_path,
             data_file,
@@ -953,11 +955,10 @@ def test_a_study_in_packs_of_four_ends_as_in_packs_of_one(tmp_path, data_file):
         assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
         assert all(steps(c, r.info.run_id) == [1, 2, 3] for r in runs)
         aurocs[per] = {r.data.tags["mlflow.runName"]: r.data.metrics["test_auroc"] for r in runs}
-        if per == 4:
-            assert sum(ln.startswith("  start   ") for ln in lines) == 2  # two trials of four cells
-    assert aurocs[4].keys() == aurocs[1].keys()
-    print("largest test AUROC difference, packs of 4 vs 1:", max(abs(aurocs[4][k] - v) for k, v in aurocs[1].items()))
-    for cell, auroc in aurocs[1].items():
+        assert sum(ln.startswith("  start   ") for ln in lines) == 8 // per  # trials of `per` cells
+    assert aurocs[4].keys() == aurocs[2].keys()
+    print("largest test AUROC difference, packs of 4 vs 2:", max(abs(aurocs[4][k] - v) for k, v in aurocs[2].items()))
+    for cell, auroc in aurocs[2].items():
         assert abs(aurocs[4][cell] - auroc) <= 0.005, (cell, aurocs[4][cell], auroc)
 
 
