@@ -61,9 +61,7 @@ def capture_check(probes: list[tuple[str, ...]], *, timeout: float = 600.0) -> l
     while todo:
         left = deadline - time.monotonic()
         if left <= 0:
-            results += [
-                {"architecture": a, "task": t, "route": r, "path": "not run", "reason": "out of time"} for a, t, r in todo
-            ]
+            results += [_record(p, "not run", "out of time") for p in todo]
             break
         args = [":".join(p) for p in todo]
         out, err, code = run_group([sys.executable, "-m", "hybridlens.study.capture_check", *args], timeout=left)
@@ -72,12 +70,15 @@ def capture_check(probes: list[tuple[str, ...]], *, timeout: float = 600.0) -> l
         todo = todo[len(done) :]
         if todo and (not done or done[-1]["path"] == "cuda-graph"):  # the child died during the next probe
             last = [ln for ln in err.strip().splitlines() if ln.strip()]
-            a, t, r = todo.pop(0)
             why = last[-1][:300] if last else f"exit code {code}"
-            results.append(
-                {"architecture": a, "task": t, "route": r, "path": "error", "reason": f"the probe's process ended: {why}"}
-            )
+            results.append(_record(todo.pop(0), "error", f"the probe's process ended: {why}"))
     return results
+
+
+def _record(probe_args: tuple[str, str, str, str], path: str, reason: str) -> dict:
+    """A probe's result as :func:`probe` records one, for a probe that could not run or report."""
+    architecture, task, route, precision = probe_args
+    return {"architecture": architecture, "task": task, "route": route, "precision": precision, "path": path, "reason": reason}
 
 
 def run_group(cmd: list[str], *, timeout: float, cwd=None) -> tuple[str, str, int]:

@@ -97,3 +97,26 @@ def test_the_throughput_rows_spend_the_budget_on_the_goal_first():
         32,
     }
     assert plan[-4:] == [("G", "pack", s, p) for p in ("bf16", "tf32") for s in (1, 4)]
+
+
+def test_a_probe_whose_process_dies_or_never_starts_is_recorded():
+    """Without CUDA every probe's child dies (it cannot put its data on a GPU): each probe is recorded as
+    an error with the child's last line, in probe's own fields; past the timeout the rest are 'not run'."""
+    from hybridlens.study.capture_check import capture_check
+
+    results = capture_check([("C24", "task1"), ("C24-Att", "task2", "pack", "bf16")], timeout=300)
+    assert [(r["architecture"], r["task"], r["route"], r["precision"], r["path"]) for r in results] == [
+        ("C24", "task1", "trainer", "fp32", "error"),
+        ("C24-Att", "task2", "pack", "bf16", "error"),
+    ]
+    assert all(r["reason"].startswith("the probe's process ended: ") for r in results)
+    assert capture_check([("C24", "task1")], timeout=0) == [
+        {
+            "architecture": "C24",
+            "task": "task1",
+            "route": "trainer",
+            "precision": "fp32",
+            "path": "not run",
+            "reason": "out of time",
+        }
+    ]
