@@ -301,15 +301,16 @@ def close_launch(
     status = {r.info.run_id: "KILLED" if r.info.run_id in killed else r.info.status for r in runs}
     stopped = {r.info.run_id for r in runs if r.data.tags.get(layout.TAG_OUTCOME) == layout.OUTCOME_STOPPED}
     ended_runs = [r for r in runs if status[r.info.run_id] in ("FINISHED", "FAILED") or r.info.run_id in stopped]
-    ended_cells: set = set()
+    with_runs = {r.data.tags.get(layout.TAG_RUN_NAME) for r in runs}  # any status: a killed run is no failure
+    runless = [(cell, why) for cell, why in (errored or []) if cell not in with_runs]  # Ray gave up: ended, runless
     if cfg.search is None:
         complete = {layout.cell_name(**cell) for cell in cfg.cells()} <= {
             r.data.tags.get(layout.TAG_RUN_NAME) for r in ended_runs
-        }
+        } | {cell for cell, _ in runless}
     else:  # each trial draws its own values: its cells' names are known only once it ran; a retried
         # trial has a run per attempt (one failed, one finished): count trials' cells, not runs
         ended_cells = {(r.data.tags.get(layout.TAG_TRIAL), r.data.tags.get(layout.TAG_RUN_NAME)) for r in ended_runs}
-        complete = len(ended_cells) >= cfg.num_cells() * cfg.num_samples()
+        complete = len(ended_cells) + len(runless) >= cfg.num_cells() * cfg.num_samples()
     counts = {s.lower(): sum(v == s for v in status.values()) for s in ("FINISHED", "FAILED", "KILLED")}
     counts["diverged"] = sum(r.data.tags.get(layout.TAG_OUTCOME) == "diverged" for r in runs)
     counts["failed"] -= counts["diverged"]  # a diverged run ends FAILED in MLflow, but it is a result, not a failure
@@ -320,17 +321,8 @@ def close_launch(
         for r in runs
         if status[r.info.run_id] == "FAILED" and r.data.tags.get(layout.TAG_OUTCOME) != "diverged"
     }
-    with_runs = {r.data.tags.get(layout.TAG_RUN_NAME) for r in runs}  # any status: a killed run is no failure
-    runless = [(cell, why) for cell, why in (errored or []) if cell not in with_runs]
     failures |= dict(runless)
     counts["failed"] += len(runless)
-    if runless:  # a cell Ray gave up on has ended too, without a run
-        if cfg.search is None:
-            complete = {layout.cell_name(**cell) for cell in cfg.cells()} <= {
-                r.data.tags.get(layout.TAG_RUN_NAME) for r in ended_runs
-            } | {cell for cell, _ in runless}
-        else:
-            complete = len(ended_cells) + len(runless) >= cfg.num_cells() * cfg.num_samples()
     tags = [RunTag(f"hybridlens.runs_{k}", str(v)) for k, v in counts.items()]
     tags.append(RunTag(layout.TAG_OUTCOME, "finished" if complete else "killed"))
     c.log_batch(launch.parent_run_id, tags=tags)

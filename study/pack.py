@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from hybridlens.study.flat_adam import FlatAdam
 from hybridlens.study.train import Diverged, Trainer, cpu_rng_state
-from hybridlens.study.train_step import CapturedStep, apply_precision, autocast
+from hybridlens.study.train_step import CapturedStep, autocast
 
 #: Validation rows per stacked forward, divided among the members (memory grows with the pack).
 EVAL_ROWS = 4000
@@ -161,8 +161,6 @@ class _Stack:
             if m.adam is not None:
                 self.optimizer.load_member_state(i, m.trainer.model, m.adam)
         x, y = first.data.splits["train"]
-        if device.type == "cuda":
-            apply_precision(cfg.precision)
         self.step = PackStep(
             self.module, self.optimizer, x, y, cfg.batch_size, self.generators, graph=graph, precision=cfg.precision
         )

@@ -31,7 +31,6 @@ from hybridlens.analysis.tasks import TASKS
 from hybridlens.study.train_step import (
     PRECISIONS,
     TrainStep,
-    apply_precision,
     graphs_disabled,
     make_adam,
     normalise_optimizer,
@@ -209,8 +208,6 @@ class Trainer:
         """The training step on this trainer's buffers (a CUDA graph on a GPU); see :mod:`.train_step`."""
         if self._train_step is None:
             x, y = self.data.splits["train"]
-            if self.data.device.type == "cuda":
-                apply_precision(self.config.precision)
             self._train_step = TrainStep(
                 self.model,
                 self.loss_fn,

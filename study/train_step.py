@@ -240,6 +240,8 @@ class CapturedStep:
     def __init__(self, device: torch.device, rows: int, batch_size: int, *, graph: bool, precision: str = "fp32"):
         if precision not in PRECISIONS:  # which device may train at it is the trainer's call (precision_problem)
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if device.type == "cuda":
+            apply_precision(precision)
         self.device, self.rows, self.batch_size, self.precision = device, rows, batch_size, precision
         self.want_graph = graph and device.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
